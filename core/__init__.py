@@ -1,0 +1,35 @@
+"""Dupire Desk's calibration package: option quotes to an arbitrage-free implied-vol surface to
+Dupire local vol, with pricing under it. Pure Python (numpy, scipy, pandas): no UI here.
+
+The public API is re-exported lazily, so that importing one step does not import them all.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    # quotes and sources
+    "QuoteChain": "core.quotes", "make_quotes": "core.quotes",
+    "demo_chain": "core.sources.demo", "load_file": "core.sources.detect",
+    # Black-76
+    "black_price": "core.black", "black_vega": "core.black", "implied_vol": "core.black",
+    # surfaces
+    "SSVISurface": "core.surface.ssvi", "ThetaParametric": "core.surface.ssvi",
+    "fit_surface": "core.surface.fit",
+    # local vol and the seeds' API
+    "local_vol_grid": "core.localvol",
+    "ImpliedVolSurface": "core.seeds", "DupireLocalVol": "core.seeds",
+    "dupire_local_vol": "core.seeds", "generate_market_surface": "core.seeds",
+    "local_vol_mc": "core.seeds",
+    # pipeline
+    "Settings": "core.pipeline", "calibrate": "core.pipeline",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'core' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
