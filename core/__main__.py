@@ -1,0 +1,136 @@
+"""Command line: ``python -m core quotes|calibrate|price ...`` (README, "Command line").
+
+Errors go to stderr as one plain sentence with a non-zero exit code (2: bad input or data,
+3: unexpected); no traceback unless ``--debug``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _clip(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--clip takes LO,HI in vol units, e.g. 0.05,1.5; got {text!r}") from None
+    return lo, hi
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="demo | demo:SEED | yahoo:TICKER | a file (CBOE, yfinance-style or tidy CSV, snapshot)")
+    p.add_argument("--expiries", nargs="+", metavar="YYYY-MM-DD", help="expiries to use (default: all usable)")
+    p.add_argument("--asof", help="quote time for files that lack one, e.g. '2026-11-20 15:30' (New York)")
+    p.add_argument("--spot", type=float, help="spot for files that lack one (else put-call parity)")
+    p.add_argument("--timeout", type=float, default=8.0, help="seconds before a live download gives up")
+    p.add_argument("--out", required=True, help="output folder (created if missing)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m core``."""
+    ap = argparse.ArgumentParser(prog="python -m core", description="Dupire Desk: quotes to local vol.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    q = sub.add_parser("quotes", help="load, clean and write quotes, forwards and a summary")
+    _common(q)
+    c = sub.add_parser("calibrate", help="the whole pipeline: surface fit, local vol, arbitrage, round trip")
+    _common(c)
+    c.add_argument("--method", default="ssvi", choices=["ssvi", "svi", "smooth", "price-fd", "price-spline"])
+    c.add_argument("--smoothing", type=float, default=0.0, help="0 (follow quotes) .. 1 (strongly regularised)")
+    c.add_argument("--clip", type=_clip, default=(0.02, 2.0), help="local-vol band LO,HI (vol units)")
+    c.add_argument("--r", type=float, help="override the rate (continuous, e.g. 0.04)")
+    c.add_argument("--q", type=float, help="override the dividend yield (continuous)")
+    c.add_argument("--grid", default="100x50", help="local-vol grid STRIKESxEXPIRIES (default 100x50)")
+    c.add_argument("--reprice", action="store_true", help="round trip by the forward Dupire PDE (repricing.csv)")
+    p = sub.add_parser("price", help="price an exotic under a saved calibration (an output folder of calibrate)")
+    p.add_argument("calibration", help="folder written by `calibrate`")
+    p.add_argument("--type", required=True, choices=["call", "put", "barrier", "asian"])
+    p.add_argument("--strike", type=float, required=True)
+    p.add_argument("--expiry", type=float, required=True, help="years")
+    p.add_argument("--cp", default="call", choices=["call", "put"])
+    p.add_argument("--barrier", type=float, help="barrier level (for --type barrier)")
+    p.add_argument("--barrier-type", default="up-and-out",
+                   choices=["up-and-out", "up-and-in", "down-and-out", "down-and-in"])
+    p.add_argument("--monitoring", default="continuous", choices=["continuous", "discrete"])
+    p.add_argument("--fixings", type=int, default=12, help="Asian fixings (equally spaced)")
+    p.add_argument("--paths", type=int, default=100_000)
+    p.add_argument("--steps", type=int, default=252)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", help="write the result as JSON here (else stdout only)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return ap
+
+
+def _cmd_quotes(a) -> dict:
+    from core.pipeline import Settings, forwards_frame, open_source, prepare, quotes_frame, summary_dict
+
+    chain = open_source(a.source, spot=a.spot, asof=a.asof, expiries=a.expiries, timeout=a.timeout)
+    settings = Settings()
+    prep = prepare(chain, settings)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    quotes_frame(prep).to_csv(out / "quotes.csv", index=False)
+    forwards_frame(prep).to_csv(out / "forwards.csv", index=False)
+    summ = summary_dict(chain, prep, seconds=prep.seconds)
+    (out / "summary.json").write_text(json.dumps(summ, indent=2))
+    return {"quotes": summ["n_quotes"], "used": summ["n_used"], "excluded": summ["excluded"], "out": str(out)}
+
+
+def _cmd_calibrate(a) -> dict:
+    from core.errors import InputError
+    from core.pipeline import Settings, calibrate, open_source, write_outputs
+
+    try:
+        nk, nt = (int(v) for v in a.grid.lower().split("x"))
+    except ValueError:
+        raise InputError(f"--grid takes STRIKESxEXPIRIES like 100x50, got {a.grid!r}") from None
+    chain = open_source(a.source, spot=a.spot, asof=a.asof, expiries=a.expiries, timeout=a.timeout)
+    settings = Settings(method=a.method, smoothing=a.smoothing, clip=a.clip, r=a.r, q=a.q,
+                        n_strikes=nk, n_expiries=nt)
+    cal = calibrate(chain, settings, with_repricing=a.reprice)
+    paths = write_outputs(cal, a.out)
+    res = {"method": a.method, "files": sorted(paths), "seconds": {k: round(v, 4) for k, v in cal.seconds.items()}}
+    if cal.repricing is not None:
+        res["repricing"] = {"max_bp": cal.repricing.max_bp, "mean_bp": cal.repricing.mean_bp,
+                            "inside_bid_ask": cal.repricing.inside_bid_ask}
+    return res
+
+
+def _cmd_price(a) -> dict:
+    from core.pricing.saved import price_from_calibration
+
+    res = price_from_calibration(a.calibration, kind=a.type, strike=a.strike, expiry=a.expiry, cp=a.cp,
+                                 barrier=a.barrier, barrier_type=a.barrier_type, monitoring=a.monitoring,
+                                 fixings=a.fixings, n_paths=a.paths, n_steps=a.steps, seed=a.seed)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(res, indent=2))
+    return res
+
+
+def main(argv=None) -> int:
+    """Entry point; returns the exit code."""
+    from core.errors import DupireDeskError
+
+    a = build_parser().parse_args(argv)
+    cmd = {"quotes": _cmd_quotes, "calibrate": _cmd_calibrate, "price": _cmd_price}[a.command]
+    try:
+        res = cmd(a)
+    except (DupireDeskError, ValueError, OSError) as exc:
+        if a.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the CLI promises no traceback
+        if a.debug:
+            raise
+        print(f"unexpected error ({type(exc).__name__}): {exc}. Re-run with --debug for details.", file=sys.stderr)
+        return 3
+    print(json.dumps(res, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,372 @@
+"""The whole calibration, stage by stage: quotes -> clean -> forwards -> implied vols -> fit -> local vol.
+
+Each stage is its own function so that a caller (the dashboard) can cache them separately: a
+change of the clip band re-runs only ``local_vol``; a change of smoothing re-runs ``fit`` and
+``local_vol``. ``calibrate`` runs them all and times each; ``write_outputs`` writes the files the
+command line documents (README, "Command line").
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from core.errors import FitError, InputError
+from core.quotes import QuoteChain
+
+METHODS = ("ssvi", "svi", "smooth", "price-fd", "price-spline")
+#: the implied-vol fit under each local-vol method (the price-based methods differentiate prices
+#: of the SVI surface numerically, to show what that costs)
+FIT_METHOD = {"ssvi": "ssvi", "svi": "svi", "smooth": "smooth", "price-fd": "svi", "price-spline": "svi"}
+LV_METHOD = {"ssvi": "gatheral", "svi": "gatheral", "smooth": "gatheral",
+             "price-fd": "price-fd", "price-spline": "price-spline"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that defines a calibration; frozen and hashable so it can key a cache.
+
+    ``method``: one of ``METHODS``. ``smoothing``: 0 (follow the quotes as closely as arbitrage allows)
+    to 1 (strongly regularised). ``clip``: local-vol band ``(lo, hi)`` in vol units (0.05 = 5%).
+    ``r``, ``q``: continuously-compounded overrides (None: from put-call parity). ``expiries``: ISO
+    dates to use (None: every expiry with enough quotes up to ``max_T`` years). Quote filters:
+    ``max_spread_frac`` (spread / mid), ``min_volume``, ``min_open_interest``. Grid: ``n_strikes`` x
+    ``n_expiries`` cells for the local-vol surface.
+    """
+
+    method: str = "ssvi"
+    smoothing: float = 0.0
+    clip: tuple[float, float] = (0.02, 2.0)
+    r: float | None = None
+    q: float | None = None
+    expiries: tuple[str, ...] | None = None
+    max_T: float = 2.5
+    min_quotes_per_expiry: int = 5
+    max_spread_frac: float | None = None
+    min_volume: float = 0.0
+    min_open_interest: float = 0.0
+    n_strikes: int = 100
+    n_expiries: int = 50
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise InputError(f"method must be one of {list(METHODS)}, got {self.method!r}")
+        if not (0.0 <= float(self.smoothing) <= 1.0):
+            raise InputError(f"smoothing must be between 0 and 1, got {self.smoothing!r}")
+        lo, hi = (float(c) for c in self.clip)
+        if not (0.0 <= lo < hi and math.isfinite(hi)):
+            raise InputError(f"clip band must be 0 <= lo < hi (vol units, e.g. (0.05, 1.5)), got {self.clip!r}")
+        object.__setattr__(self, "clip", (lo, hi))
+        for name in ("r", "q"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(float(v)) and abs(float(v)) < 1.0):
+                raise InputError(f"{name} must be a rate like 0.04 (4%), got {v!r}")
+        if self.expiries is not None:
+            object.__setattr__(self, "expiries", tuple(str(pd.Timestamp(e).date()) for e in self.expiries))
+        if int(self.n_strikes) < 5 or int(self.n_expiries) < 2:
+            raise InputError("the local-vol grid needs at least 5 strikes and 2 expiries")
+
+    def cleaning_config(self):
+        """The ``CleaningConfig`` these settings imply."""
+        from core.cleaning import CleaningConfig
+
+        kw: dict[str, Any] = {"min_volume": self.min_volume, "min_open_interest": self.min_open_interest}
+        if self.max_spread_frac is not None:
+            kw["max_spread_frac"] = self.max_spread_frac
+        return CleaningConfig(**kw)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Quotes ready to fit. ``quotes``: every input quote with ``mid, spread, reason, F, D, y,
+    iv_bid, iv_ask, iv_mid, iv_reason, use, use_rule``; ``forwards``: per-expiry forwards;
+    ``expiries``: the expiries selected for the fit; ``counts``: reason -> number of quotes."""
+
+    chain: QuoteChain
+    quotes: pd.DataFrame
+    forwards: Any
+    expiries: tuple[str, ...]
+    counts: dict
+    seconds: dict
+
+
+def _default_expiries(q: pd.DataFrame, settings: Settings) -> list[str]:
+    ok = q[(q["reason"] == "ok") & np.isfinite(q["iv_mid"])]
+    per = ok.groupby(ok["expiry"].dt.strftime("%Y-%m-%d")).agg(n=("strike", "size"), T=("T", "first"))
+    per = per[(per["n"] >= settings.min_quotes_per_expiry) & (per["T"] <= settings.max_T)]
+    return list(per.index)
+
+
+def prepare(chain: QuoteChain, settings: Settings = Settings()) -> Prepared:
+    """Clean the chain, estimate forwards by put-call parity, compute implied vols, select fit quotes.
+
+    Quotes of expiries that are not selected stay in the table with ``use = False`` and
+    ``use_rule = 'expiry not selected'``: nothing is dropped.
+    """
+    from core.black import quote_implied_vols
+    from core.cleaning import check_bounds, clean_quotes, reason_counts, select_for_fit
+    from core.forwards import implied_forwards
+
+    if not isinstance(chain, QuoteChain):
+        raise InputError(f"prepare needs a QuoteChain, got {type(chain).__name__}")
+    if len(chain.quotes) == 0:
+        raise InputError("the chain has no quotes: load another file, ticker or expiry")
+    t0 = time.perf_counter()
+    q = clean_quotes(chain.quotes, settings.cleaning_config())
+    t1 = time.perf_counter()
+    fwd = implied_forwards(q, spot=chain.spot, r=settings.r, q=settings.q, exercise=chain.exercise)
+    q = check_bounds(q, fwd)
+    t2 = time.perf_counter()
+    q = quote_implied_vols(q, fwd)
+    q = select_for_fit(q, fwd, chain.exercise)
+    t3 = time.perf_counter()
+    all_exp = sorted(q["expiry"].dt.strftime("%Y-%m-%d").unique())
+    if settings.expiries is not None:
+        unknown = sorted(set(settings.expiries) - set(all_exp))
+        if unknown:
+            raise InputError(f"expiries {unknown} are not in the chain; available: {all_exp}")
+        chosen = list(settings.expiries)
+    else:
+        chosen = _default_expiries(q, settings)
+    exp_str = q["expiry"].dt.strftime("%Y-%m-%d")
+    off = ~exp_str.isin(chosen) & q["use"].astype(bool)
+    q.loc[off, "use"] = False
+    q.loc[off, "use_rule"] = "expiry not selected"
+    return Prepared(chain=chain, quotes=q, forwards=fwd, expiries=tuple(chosen), counts=reason_counts(q),
+                    seconds={"clean": t1 - t0, "forwards": t2 - t1, "implied_vols": t3 - t2})
+
+
+def fit(prepared: Prepared, settings: Settings = Settings()):
+    """Fit the implied-vol surface (``core.surface.fit.fit_surface``) to the selected quotes."""
+    from core.surface.fit import fit_surface
+
+    used = prepared.quotes[prepared.quotes["use"].astype(bool)]
+    if used.empty:
+        raise FitError("no usable quotes to fit: widen the quote filters or choose other expiries")
+    return fit_surface(prepared.quotes, prepared.forwards, method=FIT_METHOD[settings.method],
+                       smoothing=settings.smoothing)
+
+
+def grid_axes(prepared: Prepared, fit_result, settings: Settings = Settings()) -> tuple[np.ndarray, np.ndarray]:
+    """Strike and expiry axes of the local-vol grid: ``n_strikes`` strikes over the quoted strikes of the
+    used quotes (1st to 99th percentile) and ``n_expiries`` times over the quoted expiries."""
+    used = prepared.quotes[prepared.quotes["use"].astype(bool)]
+    T_lo, T_hi = float(used["T"].min()), float(used["T"].max())
+    if not T_hi > T_lo:
+        T_hi = T_lo * 1.5 + 1e-3
+    K_lo, K_hi = np.quantile(used["strike"], [0.01, 0.99])
+    if not K_hi > K_lo:
+        K_lo, K_hi = 0.8 * K_lo, 1.2 * K_hi
+    return np.linspace(K_lo, K_hi, settings.n_strikes), np.linspace(T_lo, T_hi, settings.n_expiries)
+
+
+def local_vol(prepared: Prepared, fit_result, settings: Settings = Settings(), strikes=None, T=None):
+    """Dupire local vol on the grid (``core.localvol.local_vol_grid``) with the settings' clip band."""
+    from core.localvol import local_vol_grid
+
+    if strikes is None or T is None:
+        strikes, T = grid_axes(prepared, fit_result, settings)
+    return local_vol_grid(fit_result.surface, prepared.forwards, strikes, T, clip=settings.clip,
+                          method=LV_METHOD[settings.method])
+
+
+def arbitrage(prepared: Prepared, fit_result, settings: Settings = Settings()):
+    """Static-arbitrage diagnostics: ``(SurfaceArbitrage on a (y, T) grid, model-free quote violations)``."""
+    from core.arbitrage import quote_arbitrage, surface_arbitrage
+
+    used = prepared.quotes[prepared.quotes["use"].astype(bool)]
+    y_lo, y_hi = float(used["y"].min()), float(used["y"].max())
+    T_lo, T_hi = float(used["T"].min()), float(used["T"].max())
+    y_grid = np.linspace(y_lo, y_hi, settings.n_strikes)
+    T_grid = np.linspace(T_lo, max(T_hi, T_lo * 1.01), settings.n_expiries)
+    return surface_arbitrage(fit_result.surface, y_grid, T_grid), quote_arbitrage(prepared.quotes, prepared.forwards)
+
+
+def reprice(prepared: Prepared, fit_result, settings: Settings = Settings(), **grid):
+    """Round trip: reprice the fitted quotes by the forward Dupire PDE under the clipped local vol."""
+    from core.pricing._lv import local_vol_from_surface
+    from core.pricing.pde import reprice as pde_reprice
+
+    lv = local_vol_from_surface(fit_result.surface, prepared.forwards, clip=settings.clip)
+    used = prepared.quotes[prepared.quotes["use"].astype(bool)]
+    return pde_reprice(used, lv, prepared.forwards, **grid)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The result of ``calibrate``: every stage's result and the seconds each took."""
+
+    settings: Settings
+    prepared: Prepared
+    fit: Any
+    local_vol: Any
+    arbitrage: Any
+    repricing: Any = None
+    seconds: dict = field(default_factory=dict)
+
+
+def calibrate(chain: QuoteChain, settings: Settings = Settings(), *, with_repricing: bool = False) -> Calibration:
+    """Run the whole pipeline on a chain; ``with_repricing`` adds the PDE round trip."""
+    t = {}
+    t0 = time.perf_counter()
+    prep = prepare(chain, settings)
+    t["prepare"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fr = fit(prep, settings)
+    t["fit"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    lv = local_vol(prep, fr, settings)
+    t["local_vol"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    arb = arbitrage(prep, fr, settings)
+    t["arbitrage"] = time.perf_counter() - t0
+    rp = None
+    if with_repricing:
+        t0 = time.perf_counter()
+        rp = reprice(prep, fr, settings)
+        t["repricing"] = time.perf_counter() - t0
+    t["total"] = sum(t.values())
+    return Calibration(settings=settings, prepared=prep, fit=fr, local_vol=lv, arbitrage=arb, repricing=rp, seconds=t)
+
+
+# ----------------------------------------------------------------------------------------- outputs
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.bool_, bool)):
+        return bool(obj)
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    if isinstance(obj, (pd.Timestamp,)):
+        return obj.isoformat()
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    return obj
+
+
+def quotes_frame(prepared: Prepared, fit_result=None) -> pd.DataFrame:
+    """Every quote with its reason code, implied vols and (where fitted) the fitted vol."""
+    q = prepared.quotes.copy()
+    if fit_result is not None:
+        T = q["T"].to_numpy(float)
+        y = q["y"].to_numpy(float)
+        ok = np.isfinite(T) & np.isfinite(y) & (T > 0)
+        iv_fit = np.full(len(q), np.nan)
+        if ok.any():
+            iv_fit[ok] = fit_result.surface.implied_vol(y[ok], T[ok])
+        q["iv_fit"] = iv_fit
+        q["resid_bp"] = (q["iv_fit"] - q["iv_mid"]) * 1e4
+    return q
+
+
+def forwards_frame(prepared: Prepared) -> pd.DataFrame:
+    """One row per expiry: expiry, T, forward, discount, pairs used, fit residual, fallback flag."""
+    t = prepared.forwards.table.copy()
+    return t.rename(columns={"F": "forward", "D": "discount"})
+
+
+def summary_dict(chain: QuoteChain, prepared: Prepared, fit_result=None, lv=None, repricing=None,
+                 seconds=None, settings: Settings | None = None) -> dict:
+    """The keys scripts rely on (README, "summary.json")."""
+    q = prepared.quotes
+    used = q[q["use"].astype(bool)]
+    expiries = []
+    fwd = prepared.forwards.table
+    for _, row in fwd.iterrows():
+        e = pd.Timestamp(row["expiry"]).strftime("%Y-%m-%d") if pd.notna(row["expiry"]) else None
+        item = {"expiry": e, "T": row["T"], "forward": row["F"], "discount": row["D"],
+                "n_used": int((used["expiry"].dt.strftime("%Y-%m-%d") == e).sum()) if e else 0}
+        if fit_result is not None and e is not None:
+            item["rmse_bp"] = fit_result.rmse_bp.get(e)
+            item["inside_bid_ask"] = fit_result.inside_share.get(e)
+        expiries.append(item)
+    out = {
+        "source": chain.source, "underlying": chain.underlying, "spot": chain.spot,
+        "asof": pd.Timestamp(chain.asof).isoformat(), "exercise": chain.exercise,
+        "method": settings.method if settings else None,
+        "n_quotes": int(len(q)), "n_used": int(len(used)),
+        "excluded": {k: int(v) for k, v in prepared.counts.items() if k != "ok"},
+        "expiries": expiries,
+    }
+    if lv is not None:
+        c = lv.counts
+        out["local_vol"] = {k: int(c.get(k, 0)) for k in ("cells", "clipped", "butterfly", "calendar", "extrapolated")}
+        out["clip"] = list(lv.clip) if getattr(lv, "clip", None) is not None else None
+    if repricing is not None:
+        out["repricing"] = {"max_bp": repricing.max_bp, "mean_bp": repricing.mean_bp,
+                            "inside_bid_ask": repricing.inside_bid_ask}
+    if seconds is not None:
+        out["seconds"] = dict(seconds)
+    return _jsonable(out)
+
+
+def write_outputs(cal: Calibration, out_dir) -> dict[str, Path]:
+    """Write ``quotes.csv, forwards.csv, surface.json, local_vol.csv, arbitrage.json, summary.json``
+    (and ``repricing.csv`` when repriced) into ``out_dir``; returns name -> path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    prep, fr = cal.prepared, cal.fit
+
+    def put(name, writer):
+        p = out / name
+        writer(p)
+        paths[name] = p
+
+    put("quotes.csv", lambda p: quotes_frame(prep, fr).to_csv(p, index=False))
+    put("forwards.csv", lambda p: forwards_frame(prep).to_csv(p, index=False))
+    surface = {"method": fr.method, "settings_method": cal.settings.method, "smoothing": cal.settings.smoothing,
+               "params": fr.params, "rmse_bp": fr.rmse_bp, "inside_bid_ask": fr.inside_share,
+               "warnings": list(fr.warnings), "failed_expiries": list(fr.failed_expiries), "seconds": fr.seconds}
+    put("surface.json", lambda p: p.write_text(json.dumps(_jsonable(surface), indent=2)))
+    put("local_vol.csv", lambda p: cal.local_vol.to_frame().to_csv(p, index=False))
+    sarb, qarb = cal.arbitrage
+    arb = {"surface": sarb.to_dict() if hasattr(sarb, "to_dict") else _jsonable(getattr(sarb, "counts", {})),
+           "quotes": qarb.to_dict(orient="records") if qarb is not None else []}
+    put("arbitrage.json", lambda p: p.write_text(json.dumps(_jsonable(arb), indent=2, default=str)))
+    if cal.repricing is not None:
+        put("repricing.csv", lambda p: cal.repricing.table.to_csv(p, index=False))
+    summ = summary_dict(prep.chain, prep, fr, cal.local_vol, cal.repricing, cal.seconds, cal.settings)
+    put("summary.json", lambda p: p.write_text(json.dumps(summ, indent=2)))
+    return paths
+
+
+# ----------------------------------------------------------------------------------------- sources
+def open_source(spec: str, *, spot: float | None = None, asof=None, expiries=None, timeout: float = 8.0,
+                progress=None) -> QuoteChain:
+    """A chain from a source spec: ``demo``, ``demo:SEED``, ``yahoo:TICKER`` or a file path (any format
+    ``core.sources.detect.load_file`` reads, snapshots included)."""
+    spec = str(spec).strip()
+    if spec == "demo" or spec.startswith("demo:"):
+        from core.sources.demo import demo_chain
+
+        seed = int(spec.split(":", 1)[1]) if ":" in spec else 7
+        chain = demo_chain(seed=seed) if asof is None else demo_chain(seed=seed, asof=asof)
+    elif spec.lower().startswith("yahoo:"):
+        from core.sources.yahoo import YahooSource
+
+        chain = YahooSource(timeout=timeout).chain(spec.split(":", 1)[1], expiries=expiries, progress=progress)
+        expiries = None
+    else:
+        from core.sources.detect import load_file
+
+        path = Path(spec)
+        if not path.is_file():
+            raise InputError(f"source {spec!r} is neither 'demo', 'yahoo:TICKER' nor an existing file")
+        chain = load_file(path, spot=spot, asof=asof)
+    if spot is not None and chain.spot is None:
+        chain = replace(chain, spot=float(spot))
+    if expiries:
+        chain = chain.select_expiries(expiries)
+    return chain
