@@ -1,0 +1,155 @@
+"""Implied vol: ``core.black.implied_vol`` against QuantLib, vollib (Let's Be Rational) and the seed's bisection.
+
+Inputs (same for everyone): out-of-the-money options on the accuracy domain of issue 3 -- T log-uniform
+in [1 day, 30 y], vol log-uniform in [1%, 500%] with total std dev ``s = sigma sqrt(T) <= 6``, moneyness
+``y = ln(K/F)`` uniform within +-8 std devs (OTM side: call if K > F, put otherwise), undiscounted price
+``>= 1e-12 F``. Prices from ``core.black.black_price`` (the erfcx form, accurate to a few ulps deep OTM).
+The error of each method is ``|vol - sigma_true|``. Ours runs on every option in one vectorised call;
+the scalar peers (Python loops) run on the first ``n_peer`` of the same options, and their throughput
+is per option. Single thread (the harness pins OMP/BLAS threads to 1).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from bench.common import best_of, ratio, row, throughput
+from core.black import black_price, implied_vol
+
+DAY = 1.0 / 365.0
+
+
+def make_inputs(n: int, seed: int = 20151) -> dict[str, np.ndarray]:
+    """``n`` OTM options on the issue's accuracy domain (see the module docstring), reproducible."""
+    rng = np.random.default_rng(seed)
+    out = {k: np.empty(0) for k in ("F", "K", "T", "sigma", "cp", "price")}
+    while out["F"].size < n:
+        m = 2 * (n - out["F"].size) + 1000
+        T = np.exp(rng.uniform(np.log(DAY), np.log(30.0), m))
+        sigma = np.exp(rng.uniform(np.log(0.01), np.log(5.0), m))
+        s = sigma * np.sqrt(T)
+        F = np.exp(rng.uniform(np.log(10.0), np.log(1000.0), m))
+        y = rng.uniform(-8.0, 8.0, m) * s
+        K = F * np.exp(y)
+        cp = np.where(K > F, 1.0, -1.0)
+        keep = s <= 6.0
+        price = np.zeros(m)
+        price[keep] = black_price(F[keep], K[keep], T[keep], sigma[keep], cp[keep])
+        keep &= price >= 1e-12 * F
+        for k, v in zip(("F", "K", "T", "sigma", "cp", "price"), (F, K, T, sigma, cp, price)):
+            out[k] = np.concatenate([out[k], v[keep]])
+    return {k: v[:n] for k, v in out.items()}
+
+
+# -- peers (scalar, in Python loops, as a user would call them) -----------------------------------
+
+def quantlib_iv(inp: dict[str, np.ndarray]) -> np.ndarray:
+    """QuantLib ``blackFormulaImpliedStdDev`` per option (accuracy 1e-12 on the std dev, 100 iterations)."""
+    import QuantLib as ql
+
+    call, put = ql.Option.Call, ql.Option.Put
+    f = ql.blackFormulaImpliedStdDev
+    null = ql.nullDouble()  # QuantLib's Null<Real>: let it choose its own initial guess
+    out = np.empty(inp["F"].size)
+    for i, (F, K, T, cp, p) in enumerate(zip(inp["F"].tolist(), inp["K"].tolist(), inp["T"].tolist(),
+                                             inp["cp"].tolist(), inp["price"].tolist())):
+        try:
+            out[i] = f(call if cp > 0 else put, K, F, p, 1.0, 0.0, null, 1e-12, 100) / math.sqrt(T)
+        except RuntimeError:  # QuantLib throws on failure; count it as no answer
+            out[i] = math.nan
+    return out
+
+
+def vollib_iv(inp: dict[str, np.ndarray]) -> np.ndarray:
+    """vollib's Let's Be Rational (pure Python port of Jaeckel's code) per option."""
+    from vollib.black.implied_volatility import implied_volatility
+
+    out = np.empty(inp["F"].size)
+    for i, (F, K, T, cp, p) in enumerate(zip(inp["F"].tolist(), inp["K"].tolist(), inp["T"].tolist(),
+                                             inp["cp"].tolist(), inp["price"].tolist())):
+        try:
+            out[i] = implied_volatility(p, F, K, 0.0, T, "c" if cp > 0 else "p")
+        except Exception:  # vollib raises PriceIsBelowIntrinsic etc.
+            out[i] = math.nan
+    return out
+
+
+def _seed_price(F: float, K: float, T: float, sigma: float, cp: float) -> float:
+    # the seed's Black-Scholes formula with r = q = 0 (so S = F), N(x) from math.erfc
+    s = sigma * math.sqrt(T)
+    d1 = (math.log(F / K) + 0.5 * s * s) / s
+    d2 = d1 - s
+    if cp > 0:
+        return F * 0.5 * math.erfc(-d1 / math.sqrt(2.0)) - K * 0.5 * math.erfc(-d2 / math.sqrt(2.0))
+    return K * 0.5 * math.erfc(d2 / math.sqrt(2.0)) - F * 0.5 * math.erfc(d1 / math.sqrt(2.0))
+
+
+def seed_bisection_iv(inp: dict[str, np.ndarray]) -> np.ndarray:
+    """The seed's naive method (seed 000 ``implied_vol_binary``): bisect on [1e-6, 5], stop when the
+    price is within 1e-6 or after 100 halvings. Puts are bisected on the put formula (the seed only
+    had calls)."""
+    out = np.empty(inp["F"].size)
+    for i, (F, K, T, cp, target) in enumerate(zip(inp["F"].tolist(), inp["K"].tolist(), inp["T"].tolist(),
+                                                  inp["cp"].tolist(), inp["price"].tolist())):
+        lo, hi = 1e-6, 5.0
+        mid = 0.5 * (lo + hi)
+        for _ in range(100):
+            mid = 0.5 * (lo + hi)
+            p = _seed_price(F, K, T, mid, cp)
+            if abs(p - target) < 1e-6:
+                break
+            if p > target:
+                hi = mid
+            else:
+                lo = mid
+        out[i] = mid
+    return out
+
+
+def _errors(vol: np.ndarray, true: np.ndarray) -> tuple[float, float, int]:
+    err = np.abs(vol - true)
+    bad = int(np.count_nonzero(~np.isfinite(err)))
+    err = err[np.isfinite(err)]
+    if err.size == 0:
+        return math.nan, math.nan, bad
+    return float(err.max()), float(np.median(err)), bad
+
+
+def run(quick: bool = False) -> list[dict]:
+    """Throughput (M options/s) and max/median absolute vol error of ours and each peer."""
+    n = 20_000 if quick else 1_000_000
+    n_peer = {"QuantLib blackFormulaImpliedStdDev (loop)": 500 if quick else 100_000,
+              "vollib LBR (loop)": 300 if quick else 20_000,
+              "seed bisection (loop)": 300 if quick else 20_000}
+    inp = make_inputs(n)
+    args = (inp["price"], inp["F"], inp["K"], inp["T"], inp["cp"])
+    secs, vol = best_of(lambda: implied_vol(*args), repeat=2 if quick else 3)
+    ours_mps = throughput(n, secs)
+    ours_max, ours_med, ours_bad = _errors(vol, inp["sigma"])
+    domain = (f"OTM, T in [1d, 30y], vol in [1%, 500%], s <= 6, |y| <= 8 s, price >= 1e-12 F")
+    rows = [row("implied vol accuracy, all inputs", "max |vol err|", ours_max, notes=(
+                f"{n:,} options ({domain}); median {ours_med:.1e}; {ours_bad} NaN"))]
+    peers = {"QuantLib blackFormulaImpliedStdDev (loop)": quantlib_iv, "vollib LBR (loop)": vollib_iv,
+             "seed bisection (loop)": seed_bisection_iv}
+    for name, fn in peers.items():
+        m = min(n_peer[name], n)
+        sub = {k: v[:m] for k, v in inp.items()}
+        try:
+            p_secs, p_vol = best_of(lambda: fn(sub), repeat=1)
+        except ImportError as exc:
+            rows.append(row("implied vol throughput", "M options/s", ours_mps, name, math.nan, math.nan,
+                            f"peer not installed: {exc}"))
+            continue
+        p_mps = throughput(m, p_secs)
+        p_max, p_med, p_bad = _errors(p_vol, sub["sigma"])
+        o_max, o_med, _ = _errors(vol[:m], sub["sigma"])
+        rows.append(row("implied vol throughput", "M options/s", ours_mps, name, p_mps,
+                        ratio(ours_mps, p_mps),
+                        f"ours: {n:,} options in one call; peer: first {m:,} of them, per option"))
+        rows.append(row("implied vol max error", "max |vol err|", o_max, name, p_max,
+                        ratio(o_max, p_max, higher_is_better=False),
+                        f"same {m:,} options; peer gave {p_bad} NaN/failures"))
+        rows.append(row("implied vol median error", "median |vol err|", o_med, name, p_med,
+                        ratio(o_med, p_med, higher_is_better=False), f"same {m:,} options"))
+    return rows

@@ -1,0 +1,356 @@
+"""Dupire local volatility on a strike x expiry grid, with clip bands and per-cell flags.
+
+The default method is Gatheral's formula in total implied variance with the surface's analytic
+derivatives (Gatheral 2006, eq. 1.10; MATH.md "Dupire"):
+
+    sigma_loc^2(y, T) = w_T / g(y, T),   g = butterfly_g(y, w, w_y, w_yy),   y = ln(K / F_T)
+
+No finite differences: the result is exactly the local vol of the fitted surface. For comparison,
+the price-based methods of the user's source documents are kept as selectable alternatives (written
+here from their description, with the ``r``/``q`` terms done right, Dupire 1994):
+
+    sigma_loc^2(K, T) = (C_T + (r_T - q_T) K C_K + q_T C) / (1/2 K^2 C_KK)
+
+on Black prices ``C`` built from the surface's implied vols on the output grid, differentiated either
+by central finite differences (``"price-fd"``, seed 000) or through a bicubic interpolating spline
+(``"price-spline"``, seed 002). ``r_T``, ``q_T`` are the *instantaneous* rate and carry at ``T``
+(``-d ln D/dT`` and ``r_T - d ln F/dT``), equal to the constant ``r``, ``q`` of the seeds when rates
+are flat; ``Forwards.rates`` gives the averages.
+
+Clip band and fallback: cells where local variance is undefined (``g <= 0``: butterfly, or
+``w_T < 0``: calendar; for the price methods ``C_KK <= 0`` or a negative numerator) have
+``local_vol_raw = NaN`` and ``local_vol`` = the cell's implied vol clipped into the band (the seeds'
+spline method falls back to implied vol the same way). Finite raw values outside ``[lo, hi]`` are
+clipped. Every such cell is flagged; the raw value is always kept beside the clipped one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy.special import ndtr
+
+from core.black import black_price
+from core.errors import InputError
+from core.surface.base import Derivatives, VolSurface, butterfly_g
+
+METHODS = ("gatheral", "price-fd", "price-spline")
+FLAGS = ("clipped_low", "clipped_high", "butterfly", "calendar", "extrapolated")
+_SQRT_2PI = np.sqrt(2.0 * np.pi)
+
+
+def gatheral_local_variance(y, d: Derivatives):
+    """Local variance ``w_T / g(y, T)`` from analytic derivatives (Gatheral 2006, eq. 1.10).
+
+    ``y`` log-moneyness and ``d`` the surface's ``Derivatives`` at ``(y, T)`` (broadcast shapes).
+    Returns ``(local_var, g)``; ``local_var`` is NaN where ``g <= 0`` or ``w_T < 0`` (undefined).
+    """
+    y = np.broadcast_to(np.asarray(y, dtype=float), np.shape(d.w))
+    g = butterfly_g(y, d.w, d.w_y, d.w_yy)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        var = np.where((g > 0) & (d.w_T >= 0), d.w_T / g, np.nan)
+    return var, g
+
+
+def instantaneous_rates(forwards, T):
+    """Instantaneous ``(r_T, q_T)``: ``r = -d ln D/dT``, ``q = r - d ln F/dT`` (central differences
+    of the forwards' interpolation; exact for constant rates). ``T`` years, any shape."""
+    T = np.asarray(T, dtype=float)
+    h = np.maximum(1e-5, 1e-4 * T)
+    lo = np.maximum(T - h, 1e-10)
+    hi = T + h
+    r = -(np.log(forwards.D(hi)) - np.log(forwards.D(lo))) / (hi - lo)
+    mu = (np.log(forwards.F(hi)) - np.log(forwards.F(lo))) / (hi - lo)
+    return r, r - mu
+
+
+def _second_diff(C, K):
+    """Three-point second derivative in ``K`` on a non-uniform grid (axis 1); edges copy the neighbour."""
+    out = np.full(C.shape, np.nan)
+    if C.shape[1] < 3:
+        return out
+    h0 = np.diff(K)[:-1]
+    h1 = np.diff(K)[1:]
+    out[:, 1:-1] = 2.0 * (h0 * C[:, 2:] - (h0 + h1) * C[:, 1:-1] + h1 * C[:, :-2]) / (h0 * h1 * (h0 + h1))
+    out[:, 0], out[:, -1] = out[:, 1], out[:, -2]
+    return out
+
+
+def price_dupire(strikes, T, iv, F, D, r, q, *, method="price-fd"):
+    """Dupire in prices on a grid, the naive way of the seeds (kept to show why we do not use it).
+
+    ``strikes`` ``(nK,)``, ``T`` ``(nT,)`` years, ``iv`` ``(nT, nK)`` implied vols, ``F``, ``D``,
+    ``r``, ``q`` ``(nT,)`` forward, discount and instantaneous rate / carry per expiry.
+    ``method``: ``"price-fd"`` (central differences; ``numpy.gradient`` in ``T`` and ``K``, a
+    three-point second difference in ``K``) or ``"price-spline"`` (interpolating bicubic spline
+    through the price grid, derivatives of the spline).
+    Returns a dict of ``(nT, nK)`` arrays: ``local_var`` (NaN where the density or the numerator is
+    negative), ``numerator``, ``denominator`` (``1/2 K^2 C_KK``), ``C``, ``C_T``, ``C_K``, ``C_KK``.
+    """
+    K = np.asarray(strikes, dtype=float)
+    T = np.asarray(T, dtype=float)
+    iv = np.asarray(iv, dtype=float)
+    F, D, r, q = (np.asarray(a, dtype=float).reshape(-1, 1) for a in (F, D, r, q))
+    Kg = K[None, :]
+    C = black_price(F, Kg, T[:, None], iv, 1.0, D)
+    nT, nK = C.shape
+    if method == "price-fd":
+        C_T = np.gradient(C, T, axis=0) if nT >= 2 else np.full(C.shape, np.nan)
+        C_K = np.gradient(C, K, axis=1) if nK >= 2 else np.full(C.shape, np.nan)
+        C_KK = _second_diff(C, K)
+    elif method == "price-spline":
+        from scipy.interpolate import RectBivariateSpline
+
+        if nT < 2 or nK < 3:
+            raise InputError("method='price-spline' needs at least 2 expiries and 3 strikes")
+        sp = RectBivariateSpline(T, K, np.nan_to_num(C), kx=min(3, nT - 1), ky=min(3, nK - 1), s=0)
+        C_T = sp(T, K, dx=1)
+        C_K = sp(T, K, dy=1)
+        C_KK = sp(T, K, dy=2)
+    else:
+        raise InputError(f"price_dupire method must be 'price-fd' or 'price-spline', got {method!r}")
+    num = C_T + (r - q) * Kg * C_K + q * C
+    den = 0.5 * Kg * Kg * C_KK
+    with np.errstate(divide="ignore", invalid="ignore"):
+        var = np.where((den > 0) & (num >= 0), num / den, np.nan)
+    return {"local_var": var, "numerator": num, "denominator": den, "C": C, "C_T": C_T, "C_K": C_K, "C_KK": C_KK}
+
+
+@dataclass(frozen=True, eq=False)
+class LocalVolResult:
+    """Local vol on a grid of expiries ``T`` ``(nT,)`` x strikes ``K`` ``(nK,)``; arrays ``(nT, nK)``.
+
+    ``y`` log-moneyness ``ln(K/F_T)``; ``iv`` the surface's implied vol; ``local_vol_raw`` the
+    unclipped local vol (NaN where undefined); ``local_vol`` clipped into ``clip`` (undefined cells
+    fall back to ``iv`` clipped). Flags (bool): ``clipped_low``, ``clipped_high`` (finite raw value
+    outside the band), ``butterfly`` (density ``g <= 0``, or ``C_KK <= 0`` for price methods),
+    ``calendar`` (``w_T < 0``, or a negative Dupire numerator), ``extrapolated`` (outside the
+    quoted expiries or the quoted ``y`` range). ``counts``: cells and count / share per flag.
+    ``F``, ``D`` ``(nT,)``; ``call_price``, ``dC_dT`` (at fixed ``K``), ``d2C_dK2`` ``(nT, nK)``.
+    """
+
+    T: np.ndarray
+    K: np.ndarray
+    y: np.ndarray
+    iv: np.ndarray
+    local_vol: np.ndarray
+    local_vol_raw: np.ndarray
+    clipped_low: np.ndarray
+    clipped_high: np.ndarray
+    butterfly: np.ndarray
+    calendar: np.ndarray
+    extrapolated: np.ndarray
+    counts: dict
+    method: str
+    clip: tuple
+    F: np.ndarray = field(default=None, repr=False)
+    D: np.ndarray = field(default=None, repr=False)
+    call_price: np.ndarray = field(default=None, repr=False)
+    dC_dT: np.ndarray = field(default=None, repr=False)
+    d2C_dK2: np.ndarray = field(default=None, repr=False)
+    seconds: float = 0.0
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per cell: ``T, strike, y, iv, local_vol, local_vol_raw``, the flags, and the seeds'
+        export columns ``iv_imp, call_price, dC_dT, d2C_dK2, sigma_loc``."""
+        nT, nK = self.y.shape
+        TT = np.repeat(self.T, nK)
+        KK = np.tile(self.K, nT)
+        cols = {"T": TT, "strike": KK, "y": self.y.ravel(), "iv": self.iv.ravel(),
+                "local_vol": self.local_vol.ravel(), "local_vol_raw": self.local_vol_raw.ravel()}
+        for f in FLAGS:
+            cols[f] = getattr(self, f).ravel()
+        nan = np.full(nT * nK, np.nan)
+        cols.update({
+            "iv_imp": self.iv.ravel(),
+            "call_price": nan if self.call_price is None else self.call_price.ravel(),
+            "dC_dT": nan if self.dC_dT is None else self.dC_dT.ravel(),
+            "d2C_dK2": nan if self.d2C_dK2 is None else self.d2C_dK2.ravel(),
+            "sigma_loc": self.local_vol.ravel(),
+        })
+        return pd.DataFrame(cols)
+
+    def interpolator(self, *, raw: bool = False):
+        """A fast vectorised ``sigma(K, T)``: bilinear in ``(ln K, T)`` on this grid, flat beyond it.
+
+        Uses the clipped ``local_vol`` (finite everywhere) unless ``raw=True``. ``K`` and ``T``
+        broadcast (e.g. ``K`` per Monte Carlo path and a scalar ``T``); returns an array.
+        """
+        grid = self.local_vol_raw if raw else self.local_vol
+        return BilinearLocalVol(np.log(self.K), self.T, np.asarray(grid, dtype=float))
+
+    def fixed_local_vol_layout(self) -> dict:
+        """The grid in QuantLib's ``FixedLocalVolSurface`` layout: ``times`` ``(nT,)``, ``strikes``
+        ``(nK,)`` and ``matrix`` ``(nK, nT)`` (rows are strikes, columns are times, as QuantLib checks);
+        pass them as ``FixedLocalVolSurface(ref_date, times, strikes, ql.Matrix(matrix.tolist()), dc)``."""
+        return {"times": [float(t) for t in self.T], "strikes": [float(k) for k in self.K],
+                "matrix": np.ascontiguousarray(self.local_vol.T)}
+
+    def to_quantlib(self, reference_date=None, day_counter=None):
+        """A QuantLib ``FixedLocalVolSurface`` of the clipped grid (needs QuantLib; constant extrapolation)."""
+        import QuantLib as ql
+
+        lay = self.fixed_local_vol_layout()
+        ref = reference_date or ql.Settings.instance().evaluationDate
+        return ql.FixedLocalVolSurface(ref, lay["times"], lay["strikes"], ql.Matrix(lay["matrix"].tolist()),
+                                       day_counter or ql.Actual365Fixed())
+
+
+@dataclass(frozen=True, eq=False)
+class BilinearLocalVol:
+    """Bilinear interpolation of a local-vol grid in ``(x = ln K, T)``, flat extrapolation (for MC)."""
+
+    x: np.ndarray
+    T: np.ndarray
+    grid: np.ndarray        # (nT, nK)
+
+    @staticmethod
+    def _locate(nodes, v):
+        if len(nodes) == 1:
+            z = np.zeros(v.shape, dtype=int)
+            return z, z, np.zeros(v.shape)
+        vc = np.clip(v, nodes[0], nodes[-1])
+        i = np.clip(np.searchsorted(nodes, vc, side="right") - 1, 0, len(nodes) - 2)
+        t = (vc - nodes[i]) / (nodes[i + 1] - nodes[i])
+        return i, i + 1, t
+
+    def __call__(self, K, T):
+        """Local vol at strikes/levels ``K`` and times ``T`` (broadcast arrays)."""
+        T = np.asarray(T, dtype=float)
+        if T.ndim == 0:
+            # one time for all paths (the Monte Carlo case): blend two rows, then one np.interp
+            j0, j1, b = self._locate(self.T, T)
+            row = (1 - b) * self.grid[j0] + b * self.grid[j1]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                x = np.log(np.asarray(K, dtype=float))
+            return np.interp(x, self.x, row) if len(self.x) > 1 else np.full(x.shape, row[0])
+        K, T = np.broadcast_arrays(np.asarray(K, dtype=float), T)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x = np.log(K)
+        i0, i1, a = self._locate(self.x, x)
+        j0, j1, b = self._locate(self.T, T)
+        G = self.grid
+        return ((1 - b) * ((1 - a) * G[j0, i0] + a * G[j0, i1]) + b * ((1 - a) * G[j1, i0] + a * G[j1, i1]))
+
+
+def _as_grid_axis(name, v):
+    a = np.atleast_1d(np.asarray(v, dtype=float))
+    if a.ndim != 1 or a.size == 0:
+        raise InputError(f"{name} must be a non-empty 1-d array, got shape {a.shape}")
+    if not np.all(np.isfinite(a)) or np.any(a <= 0):
+        raise InputError(f"{name} must be positive and finite (years for T, price units for strikes)")
+    if a.size > 1 and np.any(np.diff(a) <= 0):
+        raise InputError(f"{name} must be strictly increasing")
+    return a
+
+
+def _counts(flags: dict, n: int) -> dict:
+    out = {"cells": int(n)}
+    any_clip = flags["clipped_low"] | flags["clipped_high"]
+    out["clipped"] = int(any_clip.sum())
+    for k in FLAGS:
+        out[k] = int(flags[k].sum())
+    for k in ("clipped",) + FLAGS:
+        out[f"{k}_share"] = out[k] / n if n else 0.0
+    return out
+
+
+def local_vol_grid(surface: VolSurface, forwards, strikes, T, *, clip=(0.01, 3.0), method="gatheral") -> LocalVolResult:
+    """Dupire local vol of ``surface`` on the grid ``T`` ``(nT,)`` years x ``strikes`` ``(nK,)``.
+
+    ``forwards``: a ``core.forwards.Forwards`` (``F(T)``, ``D(T)``; rates for the price methods);
+    ``y = ln(K / F(T))`` per cell. ``clip`` ``(lo, hi)``: the band for the clipped ``local_vol``.
+    ``method``: ``"gatheral"`` (analytic, default), ``"price-fd"`` or ``"price-spline"`` (the seeds'
+    naive methods; see the module docstring). Returns a ``LocalVolResult`` (arrays ``(nT, nK)``).
+    """
+    import time
+
+    t0 = time.perf_counter()
+    if method not in METHODS:
+        raise InputError(f"method must be one of {METHODS}, got {method!r}")
+    K = _as_grid_axis("strikes", strikes)
+    T = _as_grid_axis("T", T)
+    try:
+        lo, hi = (float(c) for c in clip)
+    except (TypeError, ValueError):
+        raise InputError(f"clip must be a pair (lo, hi) of vols, got {clip!r}") from None
+    if not (0 <= lo < hi):
+        raise InputError(f"clip must satisfy 0 <= lo < hi, got {clip!r}")
+    F = np.asarray(forwards.F(T), dtype=float)
+    D = np.asarray(forwards.D(T), dtype=float)
+    Y = np.log(K[None, :] / F[:, None])
+    TT = np.broadcast_to(T[:, None], Y.shape)
+    d = surface.derivatives(Y, TT)
+    w = np.asarray(d.w, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iv = np.sqrt(np.maximum(w, 0.0) / TT)
+    r_i, q_i = instantaneous_rates(forwards, T)
+    mu = (r_i - q_i)[:, None]
+
+    # call price and its derivatives from the surface (chain rule through w(y, T), y = ln K - ln F(T))
+    sw = np.sqrt(np.maximum(w, 1e-300))
+    d1 = -Y / sw + 0.5 * sw
+    d2 = d1 - sw
+    n_d1 = np.exp(-0.5 * d1 * d1) / _SQRT_2PI
+    n_d2 = np.exp(-0.5 * d2 * d2) / _SQRT_2PI
+    Fg, Dg, Kg = F[:, None], D[:, None], K[None, :]
+    call = Dg * (Fg * ndtr(d1) - Kg * ndtr(d2))
+    c_y = -Kg / Fg * ndtr(d2)                    # d(C / DF)/dy at fixed w
+    c_w = n_d1 / (2.0 * sw)                      # d(C / DF)/dw at fixed y
+    dC_dT = (mu - r_i[:, None]) * call + Dg * Fg * (-mu * c_y + c_w * (d.w_T - mu * d.w_y))
+
+    if method == "gatheral":
+        var, g = gatheral_local_variance(Y, d)
+        butterfly = ~(g > 0)
+        calendar = d.w_T < 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            d2C = Dg * n_d2 * g / (Kg * sw)            # Breeden-Litzenberger density times D
+    else:
+        pr = price_dupire(K, T, iv, F, D, r_i, q_i, method=method)
+        var = pr["local_var"]
+        butterfly = ~(pr["denominator"] > 0)
+        calendar = (pr["numerator"] < 0) & ~butterfly
+        call, dC_dT, d2C = pr["C"], pr["C_T"], pr["C_KK"]
+
+    raw = np.sqrt(var)
+    finite = np.isfinite(raw)
+    clipped_low = finite & (raw < lo)
+    clipped_high = finite & (raw > hi)
+    fallback = np.clip(np.where(np.isfinite(iv), iv, lo), lo, hi)
+    local = np.where(finite, np.clip(np.where(finite, raw, lo), lo, hi), fallback)
+
+    Tq = getattr(surface, "T_quoted", (0.0, np.inf))
+    ylo, yhi = surface.y_quoted(T)
+    ylo, yhi = np.broadcast_to(ylo, T.shape), np.broadcast_to(yhi, T.shape)
+    tol = 1e-9
+    outside_T = (T < Tq[0] * (1 - tol)) | (T > Tq[1] * (1 + tol))
+    extrapolated = outside_T[:, None] | (Y < ylo[:, None] - tol) | (Y > yhi[:, None] + tol)
+
+    flags = {"clipped_low": clipped_low, "clipped_high": clipped_high, "butterfly": np.asarray(butterfly),
+             "calendar": np.asarray(calendar) & ~np.asarray(butterfly) if method != "gatheral" else np.asarray(calendar),
+             "extrapolated": np.asarray(extrapolated)}
+    return LocalVolResult(T=T, K=K, y=Y, iv=iv, local_vol=local, local_vol_raw=raw, counts=_counts(flags, Y.size),
+                          method=method, clip=(lo, hi), F=F, D=D, call_price=call, dC_dT=dC_dT, d2C_dK2=d2C,
+                          seconds=time.perf_counter() - t0, **flags)
+
+
+def local_vol_at(surface: VolSurface, forwards, K, T, *, clip=None):
+    """Gatheral local vol at scattered points ``(K, T)`` (broadcast arrays; strikes in price units).
+
+    ``clip=None``: the raw value (NaN where undefined). ``clip=(lo, hi)``: clipped into the band,
+    undefined points falling back to the implied vol (as ``local_vol_grid``).
+    """
+    K, T = np.broadcast_arrays(np.asarray(K, dtype=float), np.asarray(T, dtype=float))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        y = np.log(K / np.asarray(forwards.F(T), dtype=float))
+    d = surface.derivatives(y, T)
+    var, _ = gatheral_local_variance(y, d)
+    raw = np.sqrt(var)
+    if clip is None:
+        return raw
+    lo, hi = (float(c) for c in clip)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iv = np.sqrt(np.maximum(d.w, 0.0) / T)
+    fallback = np.clip(np.where(np.isfinite(iv), iv, lo), lo, hi)
+    return np.where(np.isfinite(raw), np.clip(np.where(np.isfinite(raw), raw, lo), lo, hi), fallback)

@@ -1,0 +1,362 @@
+"""Fit an arbitrage-free implied-vol surface to quotes: ``fit_surface`` and its result ``SurfaceFit``.
+
+Methods (one module each): ``"ssvi"`` whole-surface power-law SSVI (``core.surface.ssvi_fit``),
+``"svi"`` raw SVI per expiry with butterfly/calendar penalties (``core.surface.svi``), ``"smooth"``
+penalised cubic spline in total variance per expiry (``core.surface.smooth``). SVI and smooth slices
+are joined in ``T`` by ``core.surface.interp`` (monotone C1 in total variance at fixed ``y``).
+
+Weights (``weights=``): ``"vega-spread"`` (default) weights each vol residual by ``1 / (iv_ask - iv_bid)``,
+i.e. residuals in units of the quote's vol spread; as ``iv_ask - iv_bid ~ (ask - bid) / vega`` this is
+vega over price spread. Spreads are floored at ``max(1 bp, 0.25 x median spread)`` so that a few very
+tight quotes cannot dominate; a missing bid vol (zero bid) counts as 0. ``"vega"``: residual weight
+``vega / vega_ATM`` (Black vega in forward terms); ``"uniform"``: equal weights.
+
+Smoothing ``s`` in [0, 1] (0 = follow the quotes as closely as arbitrage allows, 1 = strongly
+regularised): SSVI pulls the ATM term structure towards a parametric ``theta(T)`` (weight ``s/(1-s)``;
+at 1 the parametric curve itself); SVI pulls each slice towards the SSVI pre-fit slice (weight
+``s/(1-s)``; at 1 the SSVI slices); smooth sets the spline's curvature penalty ``10^(-4 + 5 s)``
+relative to the data term.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from core.errors import ConvergenceWarning, FitError, InputError
+from core.surface.base import VolSurface, butterfly_g
+
+METHODS = ("ssvi", "svi", "smooth")
+WEIGHTS = ("vega-spread", "vega", "uniform")
+REQUIRED = ("expiry", "T", "strike", "y", "iv_mid")
+MIN_QUOTES_PER_SLICE = 3
+MIN_QUOTES = 5
+
+
+@dataclass(frozen=True)
+class SurfaceFit:
+    """A fitted implied-vol surface with its diagnostics.
+
+    ``surface``: ``VolSurface`` (analytic ``derivatives``); ``method``, ``smoothing``; ``params``: expiry
+    (ISO date) -> JSON-able parameter dict; ``residuals``: one row per used quote (``expiry, T, strike, cp,
+    y, iv_mid, iv_bid, iv_ask, iv_fit, resid_bp, inside``); ``rmse_bp`` / ``inside_share``: expiry ->
+    float; ``seconds``: fit time; ``warnings``: messages; ``failed_expiries``: "expiry: reason" strings;
+    ``global_params``: surface-wide parameters (SSVI ``rho, eta, gamma``); ``arbitrage``: counts of grid
+    points with ``g < 0`` / ``w_T < 0`` inside the quoted range; ``forwards``: the forwards used.
+    """
+
+    surface: VolSurface
+    method: str
+    smoothing: float
+    params: dict
+    residuals: pd.DataFrame
+    rmse_bp: dict
+    inside_share: dict
+    seconds: float
+    warnings: list = field(default_factory=list)
+    failed_expiries: list = field(default_factory=list)
+    global_params: dict = field(default_factory=dict)
+    arbitrage: dict = field(default_factory=dict)
+    forwards: object = None
+
+    def implied_vol_at(self, K, T):
+        """Implied vol at strike ``K`` and expiry ``T`` (years), with ``y = ln(K / F(T))`` from ``forwards``."""
+        if self.forwards is None:
+            raise InputError("this fit has no forwards: use surface.implied_vol(y, T)")
+        K, T = np.broadcast_arrays(np.asarray(K, float), np.asarray(T, float))
+        return self.surface.implied_vol(np.log(K / self.forwards.F(T)), T)
+
+
+def _expiry_key(e) -> str:
+    try:
+        return pd.Timestamp(e).strftime("%Y-%m-%d")
+    except (ValueError, TypeError):
+        return str(e)
+
+
+def quote_weights(df: pd.DataFrame, kind: str) -> np.ndarray:
+    """Least-squares weights per quote (squared residual weights, mean 1); see the module docstring."""
+    n = len(df)
+    if kind == "uniform" or n == 0:
+        return np.ones(n)
+    iv = df["iv_mid"].to_numpy(float)
+    if kind == "vega":
+        s = iv * np.sqrt(df["T"].to_numpy(float))
+        d1 = -df["y"].to_numpy(float) / s + 0.5 * s
+        rel = np.exp(-0.5 * d1 * d1)
+        wt = np.maximum(rel, 1e-3) ** 2
+    else:
+        bid = df["iv_bid"].to_numpy(float) if "iv_bid" in df else np.full(n, np.nan)
+        ask = df["iv_ask"].to_numpy(float) if "iv_ask" in df else np.full(n, np.nan)
+        spread = np.where(np.isfinite(ask), ask, np.nan) - np.where(np.isfinite(bid), bid, 0.0)
+        med = np.nanmedian(spread[spread > 0]) if np.any(spread > 0) else np.nan
+        if not np.isfinite(med):
+            return np.ones(n)
+        spread = np.where(np.isfinite(spread) & (spread > 0), spread, 50.0 * med)
+        spread = np.clip(spread, max(1e-4, 0.25 * med), 50.0 * med)
+        wt = 1.0 / spread**2
+    return wt / np.mean(wt)
+
+
+def _select(quotes: pd.DataFrame, forwards) -> tuple[pd.DataFrame, int]:
+    if not isinstance(quotes, pd.DataFrame):
+        raise InputError(f"quotes must be a pandas DataFrame, got {type(quotes).__name__}")
+    missing = [c for c in REQUIRED if c not in quotes.columns]
+    if "y" in missing and forwards is not None and {"strike", "T"} <= set(quotes.columns):
+        missing.remove("y")
+    if missing:
+        raise InputError(f"quotes lack columns {missing}: run core.black.quote_implied_vols first")
+    q = quotes
+    if "use" in q.columns:
+        q = q[q["use"].fillna(False).astype(bool)]
+    q = q.copy()
+    if "y" not in q.columns:
+        q["y"] = np.log(q["strike"].to_numpy(float) / forwards.F(q["T"].to_numpy(float)))
+    for c in ("iv_bid", "iv_ask"):
+        if c not in q.columns:
+            q[c] = np.nan
+    if "cp" not in q.columns:
+        q["cp"] = np.where(q["y"] >= 0, 1, -1)
+    iv, T, y = (pd.to_numeric(q[c], errors="coerce").to_numpy(float) for c in ("iv_mid", "T", "y"))
+    ok = np.isfinite(iv) & (iv > 0) & np.isfinite(T) & (T > 0) & np.isfinite(y)
+    n_bad = int((~ok).sum())
+    q = q[ok].copy()
+    q["_key"] = [_expiry_key(e) for e in q["expiry"]]
+    return q, n_bad
+
+
+def _grid(lo: float, hi: float, n: int = 81, ext: float = 0.25) -> np.ndarray:
+    width = max(hi - lo, 0.02)
+    return np.linspace(lo - ext * width - 0.02, hi + ext * width + 0.02, n)
+
+
+def check_arbitrage(surface: VolSurface, T_nodes, n_y: int = 121, n_sub: int = 4) -> dict:
+    """Count grid points with ``g < 0`` or ``w_T < 0`` inside the quoted range (expiries and ``n_sub - 1``
+    times between consecutive ones; ``n_y`` values of ``y`` across ``y_quoted(T)``)."""
+    Tn = np.asarray(T_nodes, float)
+    Ts = [Tn[0] * np.array([0.25, 0.5, 0.75])] + [np.linspace(a, b, n_sub + 1)[:-1] for a, b in zip(Tn[:-1], Tn[1:])]
+    Tg = np.unique(np.r_[np.concatenate(Ts), Tn])
+    lo, hi = surface.y_quoted(Tg)
+    lo = np.where(np.isfinite(lo), lo, -1.0)
+    hi = np.where(np.isfinite(hi), hi, 1.0)
+    u = np.linspace(0.0, 1.0, n_y)
+    Y = lo[:, None] + (hi - lo)[:, None] * u[None, :]
+    TT = np.broadcast_to(Tg[:, None], Y.shape)
+    d = surface.derivatives(Y, TT)
+    g = butterfly_g(Y, d.w, d.w_y, d.w_yy)
+    bad_g = ~(g >= -1e-10)
+    bad_c = ~(d.w_T >= -1e-12)
+    return {"points": int(Y.size), "butterfly": int(bad_g.sum()), "calendar": int(bad_c.sum()),
+            "g_min": float(np.nanmin(g)), "w_T_min": float(np.nanmin(d.w_T)),
+            "butterfly_T": sorted({round(float(t), 5) for t in TT[bad_g]})[:10],
+            "calendar_T": sorted({round(float(t), 5) for t in TT[bad_c]})[:10]}
+
+
+def fit_surface(quotes: pd.DataFrame, forwards=None, *, method: str = "ssvi", smoothing: float = 0.0,
+                weights: str = "vega-spread") -> SurfaceFit:
+    """Fit an arbitrage-free implied-vol surface to the usable quotes.
+
+    ``quotes``: DataFrame with ``expiry, T, strike, y, iv_mid`` (and ``cp, iv_bid, iv_ask, use``); rows
+    with ``use`` False or a non-finite / non-positive ``iv_mid`` are ignored (counted in the warnings).
+    ``forwards``: ``core.forwards.Forwards`` (kept for ``implied_vol_at(K, T)``; also gives ``y`` when the
+    column is absent). ``method``: ``"ssvi" | "svi" | "smooth"``; ``smoothing`` in [0, 1]; ``weights``:
+    ``"vega-spread" | "vega" | "uniform"`` (module docstring). Returns ``SurfaceFit``.
+    Raises ``InputError`` for malformed arguments and ``FitError`` when fewer than ``MIN_QUOTES`` quotes
+    or no expiry with ``MIN_QUOTES_PER_SLICE`` quotes remain. Optimiser trouble warns
+    (``ConvergenceWarning``) and is recorded in ``warnings``.
+    """
+    t0 = time.perf_counter()
+    if method not in METHODS:
+        raise InputError(f"method must be one of {list(METHODS)}, got {method!r}")
+    try:
+        s = float(smoothing)
+    except (TypeError, ValueError):
+        raise InputError(f"smoothing must be a number in [0, 1], got {smoothing!r}") from None
+    if not (0.0 <= s <= 1.0):
+        raise InputError(f"smoothing must be in [0, 1] (0 = follow quotes, 1 = smoothest), got {smoothing!r}")
+    if weights not in WEIGHTS:
+        raise InputError(f"weights must be one of {list(WEIGHTS)}, got {weights!r}")
+    q, n_bad = _select(quotes, forwards)
+    notes: list[str] = []
+    failed: list[str] = []
+    if n_bad:
+        notes.append(f"{n_bad} selected quotes without a usable implied vol were ignored")
+    if len(q) < MIN_QUOTES:
+        raise FitError(f"only {len(q)} usable quotes (need at least {MIN_QUOTES}): widen the quote filters "
+                       "or choose more expiries")
+    T_by = q.groupby("_key")["T"].median().sort_values()
+    keys, T_list = [], []
+    for key, T in T_by.items():
+        n_k = int((q["_key"] == key).sum())
+        if n_k < MIN_QUOTES_PER_SLICE:
+            failed.append(f"{key}: only {n_k} usable quotes (need {MIN_QUOTES_PER_SLICE})")
+        elif T_list and T - T_list[-1] < 1e-6:
+            failed.append(f"{key}: same expiry time as {keys[-1]}")
+        else:
+            keys.append(key)
+            T_list.append(float(T))
+    if not keys:
+        raise FitError(f"no expiry has {MIN_QUOTES_PER_SLICE} usable quotes: widen the quote filters")
+    q = q[q["_key"].isin(keys)].copy()
+    pos = {k: i for i, k in enumerate(keys)}
+    q["_idx"] = q["_key"].map(pos).astype(int)
+    q = q.sort_values(["_idx", "y"])
+    Tn = np.array(T_list)
+    q["_T"] = Tn[q["_idx"].to_numpy()]
+    wt = quote_weights(q.assign(T=q["_T"]), weights)
+    y = q["y"].to_numpy(float)
+    iv = q["iv_mid"].to_numpy(float)
+    idx = q["_idx"].to_numpy(int)
+    y_lo = np.array([y[idx == i].min() for i in range(len(keys))])
+    y_hi = np.array([y[idx == i].max() for i in range(len(keys))])
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        if method == "ssvi":
+            surface, params, gparams = _fit_ssvi(keys, Tn, y, iv, wt, idx, s, y_lo, y_hi)
+        elif method == "svi":
+            surface, params, gparams = _fit_svi(keys, Tn, y, iv, wt, idx, s, y_lo, y_hi, failed, notes)
+        else:
+            from core.surface.smooth import fit_smooth
+
+            surface, params, gparams = fit_smooth(keys, Tn, y, iv, wt, idx, s, y_lo, y_hi, failed, notes)
+    for wmsg in caught:
+        if issubclass(wmsg.category, ConvergenceWarning):
+            notes.append(str(wmsg.message))
+            warnings.warn(str(wmsg.message), ConvergenceWarning, stacklevel=2)
+
+    iv_fit = surface.implied_vol(y, q["_T"].to_numpy(float))
+    bid = q["iv_bid"].to_numpy(float)
+    ask = q["iv_ask"].to_numpy(float)
+    lo_b = np.where(np.isfinite(bid), bid, 0.0)
+    hi_b = np.where(np.isfinite(ask), ask, np.inf)
+    inside = (iv_fit >= lo_b - 1e-12) & (iv_fit <= hi_b + 1e-12)
+    res = pd.DataFrame({
+        "expiry": q["expiry"].to_numpy(), "T": q["T"].to_numpy(float), "strike": q["strike"].to_numpy(float),
+        "cp": q["cp"].to_numpy(), "y": y, "iv_mid": iv, "iv_bid": bid, "iv_ask": ask, "iv_fit": iv_fit,
+        "resid_bp": (iv_fit - iv) * 1e4, "inside": inside, "weight": wt,
+    })
+    rmse, share = {}, {}
+    for i, k in enumerate(keys):
+        m = idx == i
+        if k in params:
+            rmse[k] = float(np.sqrt(np.mean(res["resid_bp"].to_numpy()[m] ** 2)))
+            share[k] = float(np.mean(inside[m]))
+    arb = check_arbitrage(surface, [Tn[i] for i, k in enumerate(keys) if k in params])
+    if arb["butterfly"]:
+        notes.append(f"butterfly arbitrage: g < 0 at {arb['butterfly']} of {arb['points']} grid points "
+                     f"inside the quoted range (min g = {arb['g_min']:.3g}; T = {arb['butterfly_T']})")
+    if arb["calendar"]:
+        notes.append(f"calendar arbitrage: dw/dT < 0 at {arb['calendar']} of {arb['points']} grid points "
+                     f"(min {arb['w_T_min']:.3g}; T = {arb['calendar_T']})")
+    return SurfaceFit(surface=surface, method=method, smoothing=s, params=params, residuals=res, rmse_bp=rmse,
+                      inside_share=share, seconds=time.perf_counter() - t0, warnings=notes,
+                      failed_expiries=failed, global_params=gparams, arbitrage=arb, forwards=forwards)
+
+
+def _fit_ssvi(keys, Tn, y, iv, wt, idx, s, y_lo, y_hi):
+    from core.surface.ssvi_fit import fit_ssvi
+    from core.surface.svi import SVISlice
+
+    r = fit_ssvi(Tn, y, iv, wt, idx, smoothing=s, y_lo=y_lo, y_hi=y_hi)
+    params = {}
+    for i, k in enumerate(keys):
+        th = float(r.surface.theta_curve.theta(Tn[i]))
+        phi = float(r.surface.phi(th))
+        raw = SVISlice.from_ssvi(th, r.rho, phi).to_dict()
+        params[k] = {"T": float(Tn[i]), "theta": th, "theta_start": float(r.theta_start[i]), "phi": phi,
+                     "rho": r.rho, "eta": r.eta, "gamma": r.gamma, "svi": raw}
+    gparams = {"rho": r.rho, "eta": r.eta, "gamma": r.gamma, "T": [float(t) for t in Tn],
+               "theta": [float(t) for t in r.thetas], "theta_curve": type(r.surface.theta_curve).__name__,
+               "nfev": r.nfev, "success": r.success}
+    return r.surface, params, gparams
+
+
+def _fit_svi(keys, Tn, y, iv, wt, idx, s, y_lo, y_hi, failed, notes):
+    from core.surface.interp import SliceSurface
+    from core.surface.ssvi_fit import fit_ssvi
+    from core.surface.svi import SliceFitInfo, SVISlice, fit_svi_slice, lift_calendar, polish_joint
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            pre = fit_ssvi(Tn, y, iv, wt, idx, smoothing=s, y_lo=y_lo, y_hi=y_hi)
+    except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
+        pre = None
+        notes.append(f"SSVI pre-fit failed ({exc}); SVI slices start from the quasi-explicit guess")
+    slices, T_ok, lo_ok, hi_ok, params, infos, data, grids, priors, keys_ok = [], [], [], [], {}, [], [], [], [], []
+    prev = None
+    for i, k in enumerate(keys):
+        m = idx == i
+        prior = None
+        if pre is not None:
+            th = float(pre.surface.theta_curve.theta(Tn[i]))
+            prior = SVISlice.from_ssvi(th, pre.rho, float(pre.surface.phi(th)))
+        lo = min(y_lo[i], lo_ok[-1]) if lo_ok else y_lo[i]
+        hi = max(y_hi[i], hi_ok[-1]) if hi_ok else y_hi[i]
+        grid = _grid(lo, hi, n=121)
+        try:
+            sl, info = fit_svi_slice(y[m], iv[m], wt[m], float(Tn[i]), y_grid=grid, start=prior, prev=prev,
+                                     prior=prior, smoothing=s)
+        except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
+            failed.append(f"{k}: SVI fit failed ({exc})")
+            continue
+        slices.append(sl)
+        infos.append(info)
+        data.append((y[m], iv[m], wt[m]))
+        grids.append(grid)
+        priors.append(prior)
+        keys_ok.append(k)
+        T_ok.append(float(Tn[i]))
+        lo_ok.append(float(y_lo[i]))
+        hi_ok.append(float(y_hi[i]))
+        prev = sl
+    # a calendar constraint that binds in the sequential pass: refit all slices jointly
+    binding = [i for i in range(1, len(slices))
+               if infos[i].lifted > 0 or np.min(slices[i].w(grids[i]) / slices[i - 1].w(grids[i])) < 1.002]
+    joint = []
+    if binding and s < 1.0:
+        # clusters of consecutive slices linked by a binding constraint, each refitted between its fixed
+        # neighbours; kept when the weighted squared error goes down
+        clusters: list[list[int]] = []
+        for i in binding:
+            if clusters and clusters[-1][-1] >= i - 1:
+                clusters[-1].append(i)
+            else:
+                clusters.append([i - 1, i])
+
+        def sse(sls, ids):
+            return sum(float(np.sum(data[j][2] * (np.sqrt(np.maximum(sl.w(data[j][0]), 1e-12) / T_ok[j])
+                                                  - data[j][1]) ** 2)) for sl, j in zip(sls, ids))
+
+        for cl in clusters:
+            j, k_ = cl[0], cl[-1]
+            up = slices[k_ + 1] if k_ + 1 < len(slices) else None
+            cand, nfev, ok = polish_joint([slices[t] for t in cl], [data[t] for t in cl], [grids[t] for t in cl],
+                                          [T_ok[t] for t in cl], priors=[priors[t] for t in cl], smoothing=s,
+                                          lower=slices[j - 1] if j > 0 else None, upper=up,
+                                          upper_grid=grids[k_ + 1] if up is not None else None)
+            if sse(cand, cl) < sse([slices[t] for t in cl], cl):
+                for t, sl in zip(cl, cand):
+                    slices[t] = sl
+                    infos[t] = SliceFitInfo(ok, nfev, "joint polish", 0.0, 0.0, "joint", 0.0)
+                joint.extend(keys_ok[t] for t in cl)
+        if joint:
+            slices, lifts = lift_calendar(slices, grids)
+            infos = [SliceFitInfo(inf.success, inf.nfev, inf.message, inf.g_min, inf.calendar_gap, inf.start,
+                                  inf.lifted if k in joint and False else (lf if k in joint else inf.lifted))
+                     for inf, lf, k in zip(infos, lifts, keys_ok)]
+    for k, sl, info, T, g in zip(keys_ok, slices, infos, T_ok, grids):
+        if info.lifted > 0:
+            notes.append(f"{k}: SVI level lifted by {info.lifted:.2e} in total variance to stay above the previous expiry")
+        params[k] = {"T": T, **sl.to_dict(), "g_min": float(np.min(sl.g(np.linspace(g[0], g[-1], 2001)))),
+                     "start": info.start, "nfev": info.nfev, "success": info.success}
+    if not slices:
+        raise FitError("no expiry could be fitted with SVI: " + "; ".join(failed))
+    surf = SliceSurface(T_nodes=tuple(T_ok), slices=tuple(slices), y_lo=tuple(lo_ok), y_hi=tuple(hi_ok))
+    g = {"ssvi_prefit": {"rho": pre.rho, "eta": pre.eta, "gamma": pre.gamma} if pre is not None else None,
+         "joint_polish": joint, "calendar_binding": [keys_ok[i] for i in binding]}
+    return surf, params, g

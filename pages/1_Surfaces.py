@@ -1,0 +1,60 @@
+"""Surfaces: implied and local vol side by side, in 3D and as heatmaps, with the flagged cells marked."""
+import numpy as np
+import streamlit as st
+
+from ui import controls, data, figures, messages
+
+controls.page_header("Surfaces", "Implied vol (fitted surface, market quotes as dots) and Dupire local vol on the "
+                     "same grid. Drag to rotate; hover for strike, expiry, vols and flags.")
+
+with messages.page_guard():
+    sel = controls.sidebar()
+    prep = sel.run(data.prepared)
+    lv = sel.run(data.local_vol)
+
+    axis = st.radio("Horizontal axis", ["Strike", "Moneyness K/S"], horizontal=True, key="surfaces.axis")
+    ref = sel.chain.spot if sel.chain.spot else float(np.asarray(prep.forwards.F(lv.T[0])))
+    moneyness = axis != "Strike"
+    x = lv.K / ref if moneyness else lv.K
+    xlabel = "K/S" if moneyness else "strike"
+    used = prep.quotes[prep.quotes["use"].astype(bool) & np.isfinite(prep.quotes["iv_mid"])]
+    qx = used["strike"].to_numpy(float) / (ref if moneyness else 1.0)
+    # Quotes outside the plotted strike range would stretch the axes: keep those on the grid.
+    on = (used["strike"] >= lv.K.min()) & (used["strike"] <= lv.K.max())
+    points = {"x": qx[on.to_numpy()], "T": used["T"].to_numpy(float)[on.to_numpy()],
+              "iv": used["iv_mid"].to_numpy(float)[on.to_numpy()]}
+    flags = {f: getattr(lv, f) for f in figures.FLAG_STYLE}
+    both = np.concatenate([np.ravel(lv.iv), np.ravel(lv.local_vol)])
+    both = both[np.isfinite(both)]
+    zr = (float(both.min()), float(both.max())) if both.size else None
+
+    n = lv.local_vol.size
+    counts = {f: int(np.sum(flags[f])) for f in flags}
+    st.caption(f"{lv.T.size} x {lv.K.size} grid, clip band {100 * lv.clip[0]:.0f}%-{100 * lv.clip[1]:.0f}%. "
+               + ", ".join(f"{figures.FLAG_STYLE[f][0]}: {c} ({100 * c / n:.1f}%)" for f, c in counts.items()))
+
+    left, right = st.columns(2)
+    with left:
+        controls.chart(figures.surface_3d(x, lv.T, lv.iv, title="Implied vol (fitted) and market quotes",
+                                          zlabel="implied vol", xlabel=xlabel, points=points,
+                                          other=("local vol", lv.local_vol), colorscale=figures.IMPLIED_SCALE,
+                                          zrange=zr), key="surfaces.implied3d", name="implied_vol_3d")
+    with right:
+        controls.chart(figures.surface_3d(x, lv.T, lv.local_vol, title="Dupire local vol (clipped), flags marked",
+                                          zlabel="local vol", xlabel=xlabel, flags=flags,
+                                          other=("implied vol", lv.iv), colorscale=figures.LOCAL_SCALE,
+                                          zrange=zr), key="surfaces.local3d", name="local_vol_3d")
+    left, right = st.columns(2)
+    with left:
+        controls.chart(figures.heatmap(x, lv.T, lv.iv, title="Implied vol heatmap", zlabel="implied vol",
+                                       xlabel=xlabel, other=("local vol", lv.local_vol),
+                                       colorscale=figures.IMPLIED_SCALE, zrange=zr),
+                       key="surfaces.implied_heat", name="implied_vol_heatmap")
+    with right:
+        controls.chart(figures.heatmap(x, lv.T, lv.local_vol, title="Local vol heatmap, flags marked",
+                                       zlabel="local vol", xlabel=xlabel, flags=flags,
+                                       other=("implied vol", lv.iv), colorscale=figures.LOCAL_SCALE, zrange=zr),
+                       key="surfaces.local_heat", name="local_vol_heatmap")
+    st.caption("Flags: clipped = the raw Dupire value lies outside the clip band (shown at the band's edge); "
+               "butterfly = the fitted smile implies a negative density there; calendar = total variance falls "
+               "with maturity; extrapolated = outside the quoted strikes or expiries.")

@@ -1,0 +1,338 @@
+"""Cached calls into ``core``: loaders and the pipeline, one cache per stage.
+
+Every cached function is keyed on what defines its result: the source's identity and content hash
+(``source_key``) and the ``Settings`` fields the stage reads. The chain itself is passed as an
+underscore argument (``_chain``: not hashed, its content hash is already in ``source_key``). So a
+change of the clip band re-runs only the local-vol stage; a change of smoothing re-runs fit and local
+vol; going back to an earlier setting is a cache hit. Two sessions share an entry only when their
+inputs are identical byte for byte, so no session sees another's data. Exceptions are never cached;
+``forget_source`` drops the cached load of a source whose chain then failed.
+
+Pure helpers (``rules_of_thumb``, ``density``, ``safe_csv``, ``ql_layout``) are plain functions of core
+results, testable without Streamlit.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import os
+import re
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core import pipeline
+from core.errors import FormatError, InputError, NetworkError
+from core.quotes import QuoteChain
+
+MAX_UPLOAD_MB = 25                     # same as .streamlit/config.toml server.maxUploadSize
+MAX_UPLOAD_ROWS = 200_000              # a full SPX chain is ~20k rows; beyond this is not a chain
+TICKER_RE = re.compile(r"^\^?[A-Za-z0-9][A-Za-z0-9.\-=]{0,11}$")
+_TTL = 3600
+_ENTRIES = 48
+_DEFAULT = pipeline.Settings()
+
+
+def yahoo_timeout() -> float:
+    """Seconds to wait for Yahoo (env ``DUPIRE_DESK_YAHOO_TIMEOUT``, default 8)."""
+    try:
+        return max(0.1, float(os.environ.get("DUPIRE_DESK_YAHOO_TIMEOUT", "8")))
+    except ValueError:
+        return 8.0
+
+
+def simulated_offline() -> bool:
+    """``DUPIRE_DESK_SIMULATE_OFFLINE=1`` makes every Yahoo call fail at once (browser tests)."""
+    return os.environ.get("DUPIRE_DESK_SIMULATE_OFFLINE", "") not in ("", "0", "false")
+
+
+# ------------------------------------------------------------------------------------------ identity
+def chain_digest(chain: QuoteChain) -> str:
+    """A content hash of a chain: quotes, underlying, quote time, spot, exercise (16 hex digits)."""
+    h = hashlib.sha256()
+    q = chain.quotes
+    h.update(pd.util.hash_pandas_object(q, index=False).to_numpy().tobytes())
+    h.update("|".join(map(str, q.columns)).encode())
+    h.update(f"{chain.underlying}|{chain.asof}|{chain.spot}|{chain.exercise}|{chain.source}".encode())
+    return h.hexdigest()[:16]
+
+
+def bytes_digest(data: bytes) -> str:
+    """sha256 of uploaded bytes (16 hex digits)."""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def valid_ticker(text: str) -> str | None:
+    """The ticker upper-cased if it looks like one (letters, digits, . - = ^, up to 12), else None."""
+    t = (text or "").strip().upper()
+    return t if TICKER_RE.match(t) else None
+
+
+def safe_name(name: str | None) -> str:
+    """A file name for display only: base name, printable, at most 80 characters (never used as a path)."""
+    base = re.split(r"[\\/]", str(name or "upload"))[-1]
+    base = "".join(ch for ch in base if ch.isprintable() and ch not in "<>\"'`")
+    return (base or "upload")[:80]
+
+
+# ------------------------------------------------------------------------------------------ loaders
+@st.cache_data(ttl=_TTL, max_entries=8, show_spinner="Building the demo market...")
+def demo(seed: int = 7) -> QuoteChain:
+    """The bundled synthetic demo chain (works offline)."""
+    from core.sources.demo import demo_chain
+
+    return demo_chain(seed=seed)
+
+
+@st.cache_data(ttl=_TTL, max_entries=8, show_spinner="Reading the uploaded file...")
+def upload(digest: str, _content: bytes, name: str) -> QuoteChain:
+    """A chain from uploaded bytes (any format ``core.sources.detect`` reads), keyed on their hash."""
+    from core.sources.detect import load_file
+
+    if len(_content) > MAX_UPLOAD_MB * 1024 * 1024:
+        raise FormatError(f"the file is {len(_content) / 2**20:.1f} MB; the limit is {MAX_UPLOAD_MB} MB. "
+                          "Export only the expiries you need.")
+    if not _content.strip():
+        raise FormatError("the file is empty")
+    chain = load_file(io.BytesIO(_content), name=name)
+    n = len(chain.quotes)
+    if n == 0:
+        raise FormatError("the file was read but holds no option quotes")
+    if n > MAX_UPLOAD_ROWS:
+        raise FormatError(f"the file holds {n:,} quotes; the limit is {MAX_UPLOAD_ROWS:,}. "
+                          "Export only the expiries you need.")
+    return chain
+
+
+@st.cache_data(ttl=_TTL, max_entries=8, show_spinner="Opening the snapshot...")
+def snapshot(path: str, mtime: float, size: int) -> QuoteChain:
+    """A saved snapshot (keyed on path, modification time and size, so a rewritten file reloads)."""
+    from core.sources.snapshots import SnapshotStore
+
+    return SnapshotStore().load(path)
+
+
+def snapshots() -> list:
+    """The saved snapshots (newest first where the store sorts so); a broken folder gives []."""
+    try:
+        from core.sources.snapshots import SnapshotStore
+
+        return list(SnapshotStore().list())
+    except Exception:  # noqa: BLE001 - a broken snapshot folder must never break the sidebar
+        return []
+
+
+def _yahoo():
+    if simulated_offline():
+        raise NetworkError("no network (simulated: DUPIRE_DESK_SIMULATE_OFFLINE is set)")
+    from core.sources import yahoo
+
+    return yahoo.YahooSource(timeout=yahoo_timeout())
+
+
+@st.cache_data(ttl=300, max_entries=32, show_spinner="Asking Yahoo Finance for the expiries...")
+def yahoo_expiries(ticker: str) -> list[str]:
+    """Listed expiry dates of a ticker as ISO strings (cached 5 minutes)."""
+    out = _yahoo().expiries(ticker)
+    return [str(pd.Timestamp(e).date()) for e in out]
+
+
+def yahoo_chain(ticker: str, expiries: list[str], progress: Callable[[int, int, str], None] | None = None) -> QuoteChain:
+    """Download a chain (not cached here: the caller keeps it in the session so nothing is lost)."""
+    return _yahoo().chain(ticker, expiries=expiries, progress=progress)
+
+
+def forget_source(kind: str, ident: tuple) -> None:
+    """Drop the cached load of a source whose chain then failed in the pipeline, so that the next
+    attempt reads it afresh (``ident``: the hashed arguments of the loader)."""
+    try:
+        if kind == "upload":
+            upload.clear(ident[0], b"", ident[1])
+        elif kind == "snapshot":
+            snapshot.clear(*ident)
+    except Exception:  # noqa: BLE001 - clearing is best effort
+        pass
+
+
+# ------------------------------------------------------------------------------------------ stages
+def _prep_settings(s: pipeline.Settings) -> pipeline.Settings:
+    """Only the fields ``prepare`` reads (the others reset), so a fit setting never re-prepares."""
+    return dataclasses.replace(s, method=_DEFAULT.method, smoothing=_DEFAULT.smoothing, clip=_DEFAULT.clip)
+
+
+def _fit_settings(s: pipeline.Settings) -> pipeline.Settings:
+    return dataclasses.replace(s, clip=_DEFAULT.clip)
+
+
+@st.cache_data(ttl=_TTL, max_entries=_ENTRIES, show_spinner="Cleaning quotes, forwards, implied vols...")
+def prepared(source_key: str, _chain: QuoteChain, settings: pipeline.Settings):
+    """``pipeline.prepare`` of the chain (keyed on the source and the quote-side settings)."""
+    return pipeline.prepare(_chain, _prep_settings(settings))
+
+
+@st.cache_data(ttl=_TTL, max_entries=_ENTRIES, show_spinner="Fitting the implied-vol surface...")
+def fitted(source_key: str, _chain: QuoteChain, settings: pipeline.Settings):
+    """``pipeline.fit`` (keyed without the clip band)."""
+    s = _fit_settings(settings)
+    return pipeline.fit(prepared(source_key, _chain, s), s)
+
+
+@st.cache_data(ttl=_TTL, max_entries=_ENTRIES, show_spinner="Computing the Dupire local vol...")
+def local_vol(source_key: str, _chain: QuoteChain, settings: pipeline.Settings):
+    """``pipeline.local_vol`` on the default grid (the only stage that reads the clip band)."""
+    s = _fit_settings(settings)
+    return pipeline.local_vol(prepared(source_key, _chain, s), fitted(source_key, _chain, s), settings)
+
+
+@st.cache_data(ttl=_TTL, max_entries=_ENTRIES, show_spinner="Local vol at the quoted expiries...")
+def smile_local_vol(source_key: str, _chain: QuoteChain, settings: pipeline.Settings, n_strikes: int = 121):
+    """Local vol on (quoted expiries x strikes over each smile's quoted range): for the Smiles page."""
+    s = _fit_settings(settings)
+    prep = prepared(source_key, _chain, s)
+    fr = fitted(source_key, _chain, s)
+    used = prep.quotes[prep.quotes["use"].astype(bool)]
+    T = np.sort(used.groupby("expiry")["T"].first().to_numpy(float))
+    lo, hi = np.quantile(used["strike"], [0.0, 1.0])
+    K = np.linspace(lo, hi, n_strikes)
+    return pipeline.local_vol(prep, fr, settings, strikes=K, T=T)
+
+
+@st.cache_data(ttl=_TTL, max_entries=_ENTRIES, show_spinner="Checking static arbitrage...")
+def arbitrage(source_key: str, _chain: QuoteChain, settings: pipeline.Settings):
+    """``pipeline.arbitrage``: (surface diagnostics, model-free quote violations)."""
+    s = _fit_settings(settings)
+    return pipeline.arbitrage(prepared(source_key, _chain, s), fitted(source_key, _chain, s), s)
+
+
+@st.cache_data(ttl=_TTL, max_entries=_ENTRIES, show_spinner="Repricing every quote under local vol (PDE)...")
+def repriced(source_key: str, _chain: QuoteChain, settings: pipeline.Settings):
+    """``pipeline.reprice``: the round trip through the forward Dupire PDE."""
+    s = _fit_settings(settings)
+    return pipeline.reprice(prepared(source_key, _chain, s), fitted(source_key, _chain, s), settings)
+
+
+@st.cache_data(ttl=_TTL, max_entries=_ENTRIES, show_spinner="Pricing under local vol and Black-Scholes (Monte Carlo)...")
+def exotic(source_key: str, _chain: QuoteChain, settings: pipeline.Settings, product: tuple):
+    """An exotic (``core.pricing.exotics``) under the clipped local-vol grid and under Black-Scholes.
+
+    ``product``: ``("barrier", kind, cp, strike, barrier, T, n_paths, seed)`` or
+    ``("asian", cp, strike, T, n_fixings, n_paths, seed)`` (hashable: it keys the cache).
+    """
+    from core.pricing import exotics
+
+    lv = local_vol(source_key, _chain, settings)
+    fwd = prepared(source_key, _chain, _fit_settings(settings)).forwards
+    fn = lv.interpolator()
+    if product[0] == "barrier":
+        _, kind, cp, K, H, T, n, seed = product
+        return exotics.price_barrier(fn, fwd, strike=K, barrier=H, T=T, kind=kind, cp=cp, n_paths=n,
+                                     n_steps=100, seed=seed)
+    _, cp, K, T, nfix, n, seed = product
+    return exotics.price_asian(fn, fwd, strike=K, T=T, n_fixings=nfix, cp=cp, n_paths=n, n_steps=100, seed=seed)
+
+
+# ------------------------------------------------------------------------------------------ derived
+def atm_local_vol(surface, y, T) -> np.ndarray:
+    """Dupire local vol of a fitted surface at ``(y, T)`` by Gatheral's formula (core.surface.ssvi)."""
+    from core.surface.ssvi import ssvi_local_vol
+
+    return np.asarray(ssvi_local_vol(surface, y, T), float)
+
+
+def rules_of_thumb(surface, T, h: float = 0.01) -> pd.DataFrame:
+    """The seed document's rules of thumb at the money, per ``T`` (years, (n,)).
+
+    Columns: ``T, atm_iv, atm_lv, rule_lv = sigma_imp + T dsigma_imp/dT`` (from ``w_T``:
+    ``dsigma/dT = (w_T / T - w / T^2) / (2 sigma)``), ``iv_skew = dsigma_imp/dy`` at ``y = 0``
+    (``w_y / (2 sigma T)``), ``lv_skew`` (central difference of local vol over ``y = +-h``) and
+    ``skew_ratio = lv_skew / iv_skew`` (about 2 for short maturities; Gatheral 2006, ch. 3).
+    """
+    T = np.asarray(T, float)
+    d = surface.derivatives(np.zeros_like(T), T)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iv = np.sqrt(np.maximum(d.w, 0) / T)
+        div_dT = (d.w_T / T - d.w / T**2) / (2 * iv)
+        iv_skew = d.w_y / (2 * iv * T)
+        lv = atm_local_vol(surface, np.zeros_like(T), T)
+        lv_skew = (atm_local_vol(surface, np.full_like(T, h), T) - atm_local_vol(surface, np.full_like(T, -h), T)) / (2 * h)
+        ratio = lv_skew / iv_skew
+    return pd.DataFrame({"T": T, "atm_iv": iv, "atm_lv": lv, "rule_lv": iv + T * div_dT,
+                         "iv_skew": iv_skew, "lv_skew": lv_skew, "skew_ratio": ratio})
+
+
+def density(surface, forwards, K, T) -> np.ndarray:
+    """Risk-neutral density of ``S_T`` at strikes ``K`` (n_K,) for each ``T`` (n_T,): (n_T, n_K).
+
+    Breeden-Litzenberger ``p(K) = d2C/dK2 / D`` written in total variance (Gatheral 2006, eq. 2.6):
+    ``p(K) = g(y) / (K sqrt(2 pi w)) exp(-d_-^2 / 2)``, ``d_- = -y / sqrt(w) - sqrt(w) / 2``, with the
+    analytic ``g`` of ``core.surface.base.butterfly_g`` (negative where the surface has butterfly arbitrage).
+    """
+    from core.surface.base import butterfly_g
+
+    K = np.asarray(K, float)[None, :]
+    T = np.asarray(T, float)[:, None]
+    F = np.asarray(forwards.F(T), float)
+    y = np.log(K / F)
+    d = surface.derivatives(y, np.broadcast_to(T, y.shape))
+    g = butterfly_g(y, d.w, d.w_y, d.w_yy)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sw = np.sqrt(d.w)
+        dm = -y / sw - sw / 2
+        return g / (K * np.sqrt(2 * np.pi) * sw) * np.exp(-0.5 * dm * dm)
+
+
+# ------------------------------------------------------------------------------------------ exports
+def safe_csv(df: pd.DataFrame) -> bytes:
+    """CSV bytes no spreadsheet executes (``core.export.safe_csv``: formula-like text cells escaped)."""
+    from core.export import safe_csv as _safe_csv
+
+    return _safe_csv(df)
+
+
+def to_json_bytes(obj: Any) -> bytes:
+    """Strict JSON bytes (``core.export.to_json_bytes``: NaN/inf -> null)."""
+    from core.export import to_json_bytes as _to_json
+
+    return _to_json(obj)
+
+
+def download_name(*parts: Any, ext: str) -> str:
+    """A download file name built from untrusted parts (ticker, upload name): never a path."""
+    from core.export import safe_filename
+
+    return safe_filename("_".join(str(p) for p in parts if p), default="dupire_desk", ext=ext)
+
+
+def lv_grid_frame(lv) -> pd.DataFrame:
+    """The local-vol grid in the seeds' export columns (``T, strike, iv_imp, call_price, dC_dT, d2C_dK2,
+    sigma_loc``) plus the flags, from ``LocalVolResult.to_frame()``."""
+    return lv.to_frame()
+
+
+def ql_layout(lv) -> tuple[pd.DataFrame, dict]:
+    """QuantLib ``FixedLocalVolSurface`` layout of the clipped grid: a frame with one row per strike and
+    one column per time (QuantLib's matrix orientation) and the dict ``{times, strikes, matrix}`` of
+    ``LocalVolResult.fixed_local_vol_layout()``."""
+    lay = lv.fixed_local_vol_layout()
+    m = np.asarray(lay["matrix"], float)
+    frame = pd.DataFrame(m, index=pd.Index(np.asarray(lay["strikes"], float), name="strike"),
+                         columns=[f"{t:.6f}" for t in lay["times"]])
+    return frame.reset_index(), {"times": list(lay["times"]), "strikes": list(lay["strikes"]), "matrix": m.tolist()}
+
+
+def ensure(cond: bool, message: str) -> None:
+    """Raise ``InputError(message)`` unless ``cond`` (for page-level preconditions)."""
+    if not cond:
+        raise InputError(message)
+
+
+def scenarios_available():
+    """The scenario runner of ``core.pricing.scenarios`` when that module exists, else None."""
+    try:
+        from core.pricing import scenarios  # noqa: F401
+    except ImportError:
+        return None
+    return None
