@@ -111,10 +111,11 @@ def _lower_hull(x, v):
     return np.array(hull, dtype=int)
 
 
-def _envelope(x, v, xq):
+def _envelope(x, v, xq, hull=None):
     """Lower convex envelope of ``(x, v)`` at ``xq``: value and the two bracketing point indices
-    ``(lo, hi)`` with weight ``lam`` on ``lo``; NaN outside ``[x0, x_last]``."""
-    h = _lower_hull(x, v)
+    ``(lo, hi)`` with weight ``lam`` on ``lo``; NaN outside ``[x0, x_last]``. ``hull``: precomputed
+    ``_lower_hull(x, v)``."""
+    h = _lower_hull(x, v) if hull is None else hull
     xh, vh = x[h], v[h]
     xq = np.asarray(xq, dtype=float)
     inside = (xq >= xh[0]) & (xq <= xh[-1])
@@ -146,6 +147,8 @@ class _Book:
         # a mid only means something for a two-sided market (a zero bid is no bid)
         ok = np.isfinite(bid) & np.isfinite(ask) & (ask > 0) & (bid > 0) & (bid <= ask)
         self.mid = np.where(ok, 0.5 * (bid + ask), np.nan)
+        self.fa = np.flatnonzero(np.isfinite(ask))             # strikes that can be bought
+        self.ask_hull = _lower_hull(K[self.fa], ask[self.fa]) if len(self.fa) else np.zeros(0, dtype=int)
 
 
 def _vertical(book: _Book, D: float, side: str, reflect: bool, tol: float):
@@ -212,10 +215,10 @@ def _butterfly(book: _Book, side: str, tol: float):
     """Convexity in ``K`` at executable prices (ask envelope vs bid) and at mids (adjacent triples)."""
     K, b, a, m = book.K, book.bid, book.ask, book.mid
     out = []
-    finite_a = np.flatnonzero(np.isfinite(a))
+    finite_a = book.fa
     triples = {}
     if len(finite_a) >= 2:
-        env, lo, hi, lam = _envelope(K[finite_a], a[finite_a], K)
+        env, lo, hi, lam = _envelope(K[finite_a], a[finite_a], K, book.ask_hull)
         lo, hi = finite_a[lo], finite_a[hi]
         viol = np.isfinite(env) & (b > 0) & (env - b < -tol) & (lo != np.arange(len(K))) & (hi != np.arange(len(K)))
         for j in np.flatnonzero(viol):
@@ -243,10 +246,10 @@ def _calendar(b1: _Book, b2: _Book, F1, D1, F2, D2, side, e1, e2, tol, mids: boo
     out = []
     K2q = b1.K * F2 / F1                         # the strike at expiry 2 with the same K/F
     lam_c = (D1 * F1) / (D2 * F2)                # units of the long-dated leg per short-dated option
-    fa = np.flatnonzero(np.isfinite(b2.ask))
+    fa = b2.fa
     found = {}
     if len(fa) >= 1:
-        env, lo, hi, w = _envelope(b2.K[fa], b2.ask[fa], K2q)
+        env, lo, hi, w = _envelope(b2.K[fa], b2.ask[fa], K2q, b2.ask_hull)
         lo, hi = fa[lo], fa[hi]
         viol = np.isfinite(env) & (b1.bid > 0) & (lam_c * env - b1.bid < -tol)
         for j in np.flatnonzero(viol):

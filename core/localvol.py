@@ -328,8 +328,7 @@ def local_vol_grid(surface: VolSurface, forwards, strikes, T, *, clip=(0.01, 3.0
     extrapolated = outside_T[:, None] | (Y < ylo[:, None] - tol) | (Y > yhi[:, None] + tol)
 
     flags = {"clipped_low": clipped_low, "clipped_high": clipped_high, "butterfly": np.asarray(butterfly),
-             "calendar": np.asarray(calendar) & ~np.asarray(butterfly) if method != "gatheral" else np.asarray(calendar),
-             "extrapolated": np.asarray(extrapolated)}
+             "calendar": np.asarray(calendar), "extrapolated": np.asarray(extrapolated)}
     return LocalVolResult(T=T, K=K, y=Y, iv=iv, local_vol=local, local_vol_raw=raw, counts=_counts(flags, Y.size),
                           method=method, clip=(lo, hi), F=F, D=D, call_price=call, dC_dT=dC_dT, d2C_dK2=d2C,
                           seconds=time.perf_counter() - t0, **flags)

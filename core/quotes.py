@@ -43,7 +43,8 @@ QUOTE_COLUMNS: dict[str, tuple[str, str]] = {
 REQUIRED = ("expiry", "strike", "cp", "bid", "ask")
 
 EUROPEAN_ROOTS = frozenset({"SPX", "SPXW", "SPXPM", "XSP", "NDX", "NDXP", "RUT", "RUTW", "VIX", "VIXW",
-                            "DJX", "OEX", "XEO", "MXEF", "MXEA"})
+                            "DJX", "OEX", "XEO", "MXEF", "MXEA",
+                            "DEMO"})  # DEMO: the bundled synthetic index (cash-settled, European)
 AM_SETTLED_ROOTS = frozenset({"SPX", "NDX", "RUT", "DJX", "VIX"})
 
 

@@ -221,3 +221,16 @@ def test_rows_without_quotes_are_dropped_with_a_warning():
         surf, _ = surface_from_grid(m.strikes, m.maturities, iv, m.spot, m.r, m.q)
     assert surf.T_nodes.size == m.maturities.size - 1
     assert any("dropped" in w for w in surf.warnings)
+
+
+def test_bare_grid_flat_and_term_structure_ground_truths():
+    # MATH.md "Ground truths": flat in, flat out; a T-only smile gives sqrt(d(sigma^2 T)/dT)
+    K = 100 * np.arange(0.5, 1.5001, 0.025)
+    T = np.array([30, 61, 91, 182, 273, 365, 456, 547, 730]) / 365
+    flat = dupire_local_vol(K, T, np.full((K.size, T.size), 0.2), 100.0, 0.05, 0.02)
+    np.testing.assert_allclose(flat, 0.2, atol=1e-8)
+    var = 0.04 + 0.03 * np.exp(-1.5 * T)                       # sigma(T)^2
+    lv = dupire_local_vol(K, T, np.tile(np.sqrt(var), (K.size, 1)), 100.0, 0.05, 0.02)
+    expected = np.sqrt(var - 0.03 * 1.5 * T * np.exp(-1.5 * T))
+    assert np.abs(lv - expected[None, :]).max() < 5e-4         # measured 2 bp: the T-interpolation error
+    assert np.median(np.abs(lv - expected[None, :])) < 1e-4

@@ -25,8 +25,6 @@ ENCODINGS = ("utf-8-sig", "latin-1")   # utf-8-sig reads plain utf-8 too; latin-
 #: option root -> underlying index (weekly / PM / mini roots of one index)
 ROOT_UNDERLYING = {"SPXW": "SPX", "SPXPM": "SPX", "SPXQ": "SPX", "NDXP": "NDX", "RUTW": "RUT",
                    "VIXW": "VIX", "XSP": "XSP", "DJX": "DJX"}
-#: underlyings whose options are European even though ``core.quotes.EUROPEAN_ROOTS`` does not list them
-EXTRA_EUROPEAN = frozenset({"DEMO"})
 
 _TZ_ABBREV = {"ET": NEW_YORK, "EST": NEW_YORK, "EDT": NEW_YORK, "CT": "America/Chicago",
               "CST": "America/Chicago", "CDT": "America/Chicago", "UTC": "UTC", "GMT": "UTC", "Z": "UTC"}
@@ -201,10 +199,7 @@ def underlying_of(root: str) -> str:
 
 
 def chain_exercise(underlying: str, roots: Any = ()) -> str:
-    """'european' or 'american' for a chain (``core.quotes.exercise_style``; DEMO is European)."""
-    names = {str(underlying or "").upper().lstrip("^")} | {str(r).upper() for r in roots}
-    if names & EXTRA_EUROPEAN:
-        return "european"
+    """'european' or 'american' for a chain: European if any of its roots is (``core.quotes.exercise_style``)."""
     return "european" if any(exercise_style(underlying, r) == "european" for r in (list(roots) or [None])) else "american"
 
 

@@ -30,7 +30,9 @@ def settle(page, timeout: float = 60.0) -> None:
     deadline = time.time() + timeout
     quiet_since = None
     while time.time() < deadline:
-        busy = page.locator('[data-testid="stStatusWidget"], [data-testid="stSpinner"]').count() > 0
+        status = page.locator('[data-testid="stStatusWidget"]')
+        running = status.count() > 0 and "Running" in status.first.inner_text()
+        busy = running or page.locator('[data-testid="stSpinner"]').count() > 0
         if busy:
             quiet_since = None
         elif quiet_since is None:
