@@ -37,7 +37,7 @@ def make_inputs(n: int, seed: int = 20151) -> dict[str, np.ndarray]:
         price = np.zeros(m)
         price[keep] = black_price(F[keep], K[keep], T[keep], sigma[keep], cp[keep])
         keep &= price >= 1e-12 * F
-        for k, v in zip(("F", "K", "T", "sigma", "cp", "price"), (F, K, T, sigma, cp, price)):
+        for k, v in zip(("F", "K", "T", "sigma", "cp", "price"), (F, K, T, sigma, cp, price), strict=True):
             out[k] = np.concatenate([out[k], v[keep]])
     return {k: v[:n] for k, v in out.items()}
 
@@ -53,7 +53,7 @@ def quantlib_iv(inp: dict[str, np.ndarray]) -> np.ndarray:
     null = ql.nullDouble()  # QuantLib's Null<Real>: let it choose its own initial guess
     out = np.empty(inp["F"].size)
     for i, (F, K, T, cp, p) in enumerate(zip(inp["F"].tolist(), inp["K"].tolist(), inp["T"].tolist(),
-                                             inp["cp"].tolist(), inp["price"].tolist())):
+                                             inp["cp"].tolist(), inp["price"].tolist(), strict=True)):
         try:
             out[i] = f(call if cp > 0 else put, K, F, p, 1.0, 0.0, null, 1e-12, 100) / math.sqrt(T)
         except RuntimeError:  # QuantLib throws on failure; count it as no answer
@@ -67,7 +67,7 @@ def vollib_iv(inp: dict[str, np.ndarray]) -> np.ndarray:
 
     out = np.empty(inp["F"].size)
     for i, (F, K, T, cp, p) in enumerate(zip(inp["F"].tolist(), inp["K"].tolist(), inp["T"].tolist(),
-                                             inp["cp"].tolist(), inp["price"].tolist())):
+                                             inp["cp"].tolist(), inp["price"].tolist(), strict=True)):
         try:
             out[i] = implied_volatility(p, F, K, 0.0, T, "c" if cp > 0 else "p")
         except Exception:  # vollib raises PriceIsBelowIntrinsic etc.
@@ -91,7 +91,7 @@ def seed_bisection_iv(inp: dict[str, np.ndarray]) -> np.ndarray:
     had calls)."""
     out = np.empty(inp["F"].size)
     for i, (F, K, T, cp, target) in enumerate(zip(inp["F"].tolist(), inp["K"].tolist(), inp["T"].tolist(),
-                                                  inp["cp"].tolist(), inp["price"].tolist())):
+                                                  inp["cp"].tolist(), inp["price"].tolist(), strict=True)):
         lo, hi = 1e-6, 5.0
         mid = 0.5 * (lo + hi)
         for _ in range(100):
@@ -127,7 +127,7 @@ def run(quick: bool = False) -> list[dict]:
     secs, vol = best_of(lambda: implied_vol(*args), repeat=2 if quick else 3)
     ours_mps = throughput(n, secs)
     ours_max, ours_med, ours_bad = _errors(vol, inp["sigma"])
-    domain = (f"OTM, T in [1d, 30y], vol in [1%, 500%], s <= 6, |y| <= 8 s, price >= 1e-12 F")
+    domain = ("OTM, T in [1d, 30y], vol in [1%, 500%], s <= 6, |y| <= 8 s, price >= 1e-12 F")
     rows = [row("implied vol accuracy, all inputs", "max |vol err|", ours_max, notes=(
                 f"{n:,} options ({domain}); median {ours_med:.1e}; {ours_bad} NaN"))]
     peers = {"QuantLib blackFormulaImpliedStdDev (loop)": quantlib_iv, "vollib LBR (loop)": vollib_iv,
@@ -136,7 +136,7 @@ def run(quick: bool = False) -> list[dict]:
         m = min(n_peer[name], n)
         sub = {k: v[:m] for k, v in inp.items()}
         try:
-            p_secs, p_vol = best_of(lambda: fn(sub), repeat=1)
+            p_secs, p_vol = best_of(lambda fn=fn, sub=sub: fn(sub), repeat=1)
         except ImportError as exc:
             rows.append(row("implied vol throughput", "M options/s", ours_mps, name, math.nan, math.nan,
                             f"peer not installed: {exc}"))

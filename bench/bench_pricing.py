@@ -131,7 +131,7 @@ def _ql_prices(lv, K, days, cp, t_grid, x_grid):
 
     def price_all():
         out = np.empty(len(K))
-        for i, (k, d, c) in enumerate(zip(K, days, cp)):
+        for i, (k, d, c) in enumerate(zip(K, days, cp, strict=True)):
             o = ql.VanillaOption(ql.PlainVanillaPayoff(ql.Option.Call if c > 0 else ql.Option.Put, float(k)),
                                  ql.EuropeanExercise(today + int(d)))
             o.setPricingEngine(eng)
@@ -173,7 +173,7 @@ def _pde_rows(quick: bool) -> list[dict]:
     # equal accuracy: the cheapest of our grids whose max error is at most QuantLib's (t100 x200)
     p_s, p_max, _, _ = peers[(100, 200)]
     for n_x, n_t in ((101, 50), (151, 75), (201, 100), (301, 150), (401, 200), (601, 300)):
-        c_s, res = best_of(lambda: forward_dupire(lv, fw, T, K, n_x=n_x, n_t=n_t).price(K, TT, cp),
+        c_s, res = best_of(lambda n_x=n_x, n_t=n_t: forward_dupire(lv, fw, T, K, n_x=n_x, n_t=n_t).price(K, TT, cp),
                            repeat=2 if quick else 3)
         c_max, c_mean, c_bad = _err_bp(res, fw, TT, K, cp, exact)
         if c_max <= p_max and c_bad == 0:  # every option repriced (no NaN vol)

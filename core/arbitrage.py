@@ -37,8 +37,9 @@ ARBITRAGE_COLUMNS = ("kind", "side", "expiry", "expiry2", "T", "T2", "strikes", 
 class SurfaceArbitrage:
     """``g`` and ``w_T`` of a surface on ``T`` ``(nT,)`` x ``y`` ``(ny,)`` (arrays ``(nT, ny)``).
 
-    ``butterfly``: ``g < -tol``; ``calendar``: ``w_T < -tol``. ``counts``: cells, butterfly,
-    calendar and their shares; ``min_g``, ``min_w_T``; ``clean`` when neither mask is set.
+    ``butterfly``: ``g < -tol``; ``calendar``: ``w_T < -tol``; ``undefined``: ``g`` or ``w_T`` not
+    finite (not counted as a violation). ``counts``: cells, butterfly, calendar, undefined and their
+    shares; ``min_g``, ``min_w_T``; ``clean`` when neither violation mask is set.
     """
 
     y: np.ndarray
@@ -48,6 +49,7 @@ class SurfaceArbitrage:
     butterfly: np.ndarray
     calendar: np.ndarray
     counts: dict
+    undefined: np.ndarray = None
 
     @property
     def clean(self) -> bool:
@@ -66,7 +68,9 @@ class SurfaceArbitrage:
         nT, ny = self.g.shape
         return pd.DataFrame({"T": np.repeat(self.T, ny), "y": np.tile(self.y, nT), "g": self.g.ravel(),
                              "w_T": self.w_T.ravel(), "butterfly": self.butterfly.ravel(),
-                             "calendar": self.calendar.ravel()})
+                             "calendar": self.calendar.ravel(),
+                             "undefined": (np.zeros(self.g.size, bool) if self.undefined is None
+                                           else self.undefined.ravel())})
 
 
 def surface_arbitrage(surface: VolSurface, y_grid, T_grid, *, tol: float = 1e-12) -> SurfaceArbitrage:
@@ -86,12 +90,15 @@ def surface_arbitrage(surface: VolSurface, y_grid, T_grid, *, tol: float = 1e-12
     d = surface.derivatives(Y, TT)
     g = butterfly_g(Y, d.w, d.w_y, d.w_yy)
     w_T = np.asarray(d.w_T, dtype=float)
-    bfly = ~(g >= -tol)            # NaN counts as a violation: the density is undefined there
-    cal = ~(w_T >= -tol)
+    with np.errstate(invalid="ignore"):
+        bfly = g < -tol
+        cal = w_T < -tol
+    undefined = ~(np.isfinite(g) & np.isfinite(w_T))     # e.g. overflow at absurd y: counted apart
     n = Y.size
-    counts = {"cells": n, "butterfly": int(bfly.sum()), "calendar": int(cal.sum()),
-              "butterfly_share": float(bfly.sum()) / n, "calendar_share": float(cal.sum()) / n}
-    return SurfaceArbitrage(y=y, T=T, g=g, w_T=w_T, butterfly=bfly, calendar=cal, counts=counts)
+    counts = {"cells": n, "butterfly": int(bfly.sum()), "calendar": int(cal.sum()), "undefined": int(undefined.sum()),
+              "butterfly_share": float(bfly.sum()) / n, "calendar_share": float(cal.sum()) / n,
+              "undefined_share": float(undefined.sum()) / n}
+    return SurfaceArbitrage(y=y, T=T, g=g, w_T=w_T, butterfly=bfly, calendar=cal, counts=counts, undefined=undefined)
 
 
 # ----------------------------------------------------------------------------- quotes

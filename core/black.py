@@ -29,12 +29,13 @@ own vectorised numpy implementation, written from the paper's description.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
 from scipy.special import erfcx, ndtri
 
-from core.errors import InputError
+from core.errors import ConvergenceWarning, InputError
 
 #: reason codes of ``implied_vol(..., return_reason=True)``: code -> explanation. The integer code of a
 #: reason is its position in this dict (``IV_REASON_CODES``).
@@ -42,7 +43,8 @@ IV_REASONS: dict[str, str] = {
     "ok": "implied vol found",
     "non_finite": "price, F, K, T, cp or D is NaN or infinite",
     "non_positive": "price, F, K, T or D is zero or negative",
-    "below_intrinsic": "price at or below the discounted intrinsic value D max(cp (F - K), 0): no implied vol",
+    "below_intrinsic": "price at or below the discounted intrinsic value D max(cp (F - K), 0), or a time value "
+                       "below 2.2e-308 sqrt(F K) (it underflows double precision): no implied vol",
     "above_upper_bound": "price at or above the upper bound (D F for a call, D K for a put): no implied vol",
     "bad_cp": "cp is neither +1 (call) nor -1 (put)",
     "no_convergence": "the solver did not reach a finite vol (numerical trouble; please report)",
@@ -71,6 +73,7 @@ _CHUNK = 1 << 16   # elements per pass (measured best among 2^12..2^20: few Pyth
 _N_HOUSEHOLDER = 2
 _R_MAX = 2.0 / (np.finfo(float).eps ** 2)  # "infinite" rational-cubic control: linear interpolation
 _R_MIN = -(1.0 - math.sqrt(np.finfo(float).eps))
+_TINY = np.finfo(float).tiny  # normalised time values below this underflow: no implied vol
 
 
 def _gauss_laguerre(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -120,7 +123,8 @@ _ERFCX_SCALE = _ERFCX_NP / (1.0 - _ERFCX_Y0)
 def _erfcx(z: np.ndarray) -> np.ndarray:
     """``erfcx(z) = exp(z^2) erfc(z)`` for ``z >= 0`` (NaN stays NaN), vectorised, ~2e-15 relative."""
     k = (4.0 / (4.0 + z) - _ERFCX_Y0) * _ERFCX_SCALE
-    idx = k.astype(np.intp)
+    with np.errstate(invalid="ignore"):  # NaN -> any index; the NaN propagates through u
+        idx = k.astype(np.intp)
     np.minimum(idx, _ERFCX_NP - 1, out=idx)
     np.maximum(idx, 0, out=idx)
     u = 2.0 * (k - idx) - 1.0
@@ -133,7 +137,7 @@ def _erfcx(z: np.ndarray) -> np.ndarray:
     if big.any():
         i = np.flatnonzero(big)
         zi = z[i]
-        v = 0.5 / (zi * zi)
+        v = 0.5 / zi / zi
         ser = 1.0 - v * (1.0 - 3.0 * v * (1.0 - 5.0 * v * (1.0 - 7.0 * v * (1.0 - 9.0 * v))))
         acc[i] = ser / (math.sqrt(math.pi) * zi)
     return acc
@@ -148,6 +152,15 @@ def _arrays(*args):
                          "pass scalars or arrays of compatible shapes") from None
     except TypeError as exc:
         raise InputError(f"arguments must be numbers or arrays of numbers: {exc}") from None
+
+
+def _ln_f_over_k(F: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """``ln(F/K)`` to a few ulps *relative*: near the money ``log(F/K)`` has an absolute error of eps,
+    which is a large relative error in ``x`` and, through ``exp(-x^2/2s^2)``, in deep-OTM prices."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        r = F / K
+        near = (r > 0.5) & (r < 2.0)
+        return np.where(near, np.log1p((F - K) / K), np.log(r))  # F - K is exact there (Sterbenz)
 
 
 # ------------------------------------------------------------------------ normalised Black b(x, s)
@@ -175,7 +188,7 @@ def _q_laguerre(h: np.ndarray, t: np.ndarray) -> np.ndarray:
     tau = t / ah
     inv_h2 = 1.0 / (h * h)
     acc = np.zeros_like(h)
-    for v, w, v2 in zip(_GL_V, _GL_W, _GL_V2):
+    for v, w, v2 in zip(_GL_V, _GL_W, _GL_V2, strict=True):
         acc += w * np.sinh(tau * v) * np.exp(-v2 * inv_h2)
     return 2.0 * _INV_SQRT2PI * acc / ah
 
@@ -418,25 +431,24 @@ def black_price(F, K, T, sigma, cp, D=1.0):
         go = np.flatnonzero(valid & (s > 0) & np.isfinite(s))
         for lo in range(0, go.size, _CHUNK):
             i = go[lo:lo + _CHUNK]
-            x = -np.abs(np.log(F[i] / K[i]))
+            x = -np.abs(_ln_f_over_k(F[i], K[i]))
             b = _normalised_black(x, s[i], np.exp(0.5 * x))[0]
-            out[i] = D[i] * (intrinsic[i] + np.sqrt(F[i] * K[i]) * b)
+            out[i] = D[i] * (intrinsic[i] + np.sqrt(F[i]) * np.sqrt(K[i]) * b)
     return out.reshape(shape)
 
 
 def black_vega(F, K, T, sigma, D=1.0):
-    """Black-76 vega ``dPrice/dsigma = D F n(d1) sqrt(T) = D sqrt(F K) n(x/s + s/2)... `` per unit vol.
+    """Black-76 vega ``dPrice/dsigma`` (per unit of vol), the same for calls and puts.
 
-    Parameters as ``black_price`` (vega is the same for calls and puts). Computed as
-    ``D sqrt(F K) sqrt(T) exp(-(y^2/s^2 + s^2/4)/2) / sqrt(2 pi)`` (no overflow for large ``|y|/s``).
+    Parameters as ``black_price``. ``vega = D F n(d1) sqrt(T) = D sqrt(F K) sqrt(T) n(h) exp(-t^2/2)``
+    with ``h = ln(F/K)/s``, ``t = s/2`` (the second form never overflows); 0 at ``s = 0`` off the money.
     """
     F, K, T, sigma, D = _arrays(F, K, T, sigma, D)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         s = sigma * np.sqrt(T)
-        y = np.log(K / F)
-        h = y / s
+        y = -_ln_f_over_k(F, K)
+        h = np.where(y == 0, 0.0, y / s)
         v = D * np.sqrt(F * K) * np.sqrt(T) * np.exp(-0.5 * (h * h + 0.25 * s * s)) * _INV_SQRT2PI
-        v = np.where((s == 0) & (y != 0), 0.0, v)
     return v
 
 
@@ -479,19 +491,22 @@ def implied_vol(price, F, K, T, cp, D=1.0, *, return_reason: bool = False):
         code[finite & positive & ~good_cp] = IV_REASON_CODES["bad_cp"]
         code[finite & ~positive] = IV_REASON_CODES["non_positive"]
         code[~finite] = IV_REASON_CODES["non_finite"]
+        root = np.sqrt(F) * np.sqrt(K)          # no overflow for huge F, K
+        beta = (pu - intrinsic) / root          # OTM time value, normalised (put-call parity)
+        cbeta = (upper - pu) / root             # distance to the upper bound, exact near it
+        code[(code == 0) & ~(beta >= _TINY)] = IV_REASON_CODES["below_intrinsic"]
         go = np.flatnonzero(code == 0)
         for lo in range(0, go.size, _CHUNK):
             i = go[lo:lo + _CHUNK]
-            Fi, Ki = F[i], K[i]
-            root = np.sqrt(Fi * Ki)
-            x = -np.abs(np.log(Fi / Ki))
-            beta = (pu[i] - intrinsic[i]) / root          # OTM time value, normalised
-            cbeta = (upper[i] - pu[i]) / root             # distance to the upper bound, exact near it
-            s = _solve_normalised(beta, cbeta, x)
+            x = -np.abs(_ln_f_over_k(F[i], K[i]))
+            s = _solve_normalised(beta[i], cbeta[i], x)
             vol[i] = s / np.sqrt(T[i])
         bad = (code == 0) & ~(np.isfinite(vol) & (vol > 0))
         code[bad] = IV_REASON_CODES["no_convergence"]
         vol[bad] = np.nan
+    if bad.any():
+        warnings.warn(f"implied_vol: {int(bad.sum())} prices inside the bounds gave no finite vol "
+                      "(reason 'no_convergence')", ConvergenceWarning, stacklevel=2)
     vol = vol.reshape(shape)
     if return_reason:
         return vol, _REASON_NAMES[code].reshape(shape)
@@ -525,8 +540,7 @@ def quote_implied_vols(quotes: pd.DataFrame, forwards) -> pd.DataFrame:
     Tq = np.where(okT, T, 1.0)
     F = np.where(okT, np.asarray(forwards.F(Tq), float), np.nan)
     D = np.where(okT, np.asarray(forwards.D(Tq), float), np.nan)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        y = np.log(K / F)
+    y = -_ln_f_over_k(F, K)
     out = {}
     for name, price in (("bid", bid), ("ask", ask), ("mid", mid)):
         iv, reason = implied_vol(price, F, K, T, cp, D, return_reason=True)

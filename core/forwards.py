@@ -40,7 +40,8 @@ class Forwards:
 
     ``table`` columns: ``expiry`` (date), ``T`` (years), ``F``, ``D``, ``n_pairs`` (parity pairs used),
     ``residual`` (robust fit residual, price units), ``fallback`` ('' when from parity, else how it was
-    obtained: 'interpolated', 'rates', 'model'), ``approximate`` (True for American chains).
+    obtained: a key of ``FALLBACKS``), ``approximate`` (True for American chains); ``implied_forwards`` adds
+    ``expiry_time`` (settlement time, UTC).
     ``spot``: the underlying price when known.
     """
 
@@ -127,6 +128,9 @@ def _wmedian(x: np.ndarray, w: np.ndarray) -> float:
 
 def _theil_sen(x: np.ndarray, z: np.ndarray) -> tuple[float, float]:
     """Theil-Sen line ``z = a + b x``: median of pairwise slopes, median intercept (Sen 1968)."""
+    if len(x) > 300:  # O(n^2) pairs: an even subsample is as good a start and keeps memory small
+        keep = np.linspace(0, len(x) - 1, 300).round().astype(int)
+        x, z = x[keep], z[keep]
     i, j = np.triu_indices(len(x), k=1)
     dx = x[j] - x[i]
     keep = dx != 0
@@ -227,7 +231,7 @@ def _parity_forward(K, z, s, T, D, cfg):
     idx = _near(K, F0, T, cfg, min(len(K), cfg.parity_min_pairs))
     est = K[idx] + z[idx] / D
     F = _wmedian(est, 1.0 / s[idx])
-    if not (np.isfinite(F) and F > 0):
+    if not (np.isfinite(F) and F > 0 and 0.5 * K[idx].min() <= F <= 2.0 * K[idx].max()):
         return None
     return F, len(idx), 1.4826 * float(np.median(np.abs(D * (est - F))))
 
@@ -362,7 +366,7 @@ def implied_forwards(quotes: Any, *, spot: float | None = None, r: float | None 
 
     fitted = [w for w in rows if w["fallback"] == ""]
     # discount factors for expiries without a full fit
-    for w, g in zip(rows, groups):
+    for w, g in zip(rows, groups, strict=True):
         if w["fallback"] == "":
             continue
         if r_ is not None:
@@ -375,7 +379,7 @@ def implied_forwards(quotes: Any, *, spot: float | None = None, r: float | None 
             w.update(F=pf[0], n_pairs=pf[1], residual=pf[2], fallback=how)
     # user's dividend yield with the spot: F from carry, D as estimated
     if q_ is not None:
-        for w, g in zip(rows, groups):
+        for w, g in zip(rows, groups, strict=True):
             if not np.isfinite(w["D"]):
                 D_i = _interp("D", g["T"], [v for v in rows if np.isfinite(v["D"])], None)
                 w["D"] = float(np.exp(-r_ * g["T"])) if r_ is not None else (D_i if D_i is not None else 1.0)
@@ -385,7 +389,7 @@ def implied_forwards(quotes: Any, *, spot: float | None = None, r: float | None 
                 w.update(F=S * np.exp(-q_ * g["T"]) / w["D"], fallback="forward from q")
     # expiries with no usable pair: interpolate in T over those that have a forward
     have = [w for w in rows if w["fallback"] is not None]
-    for w, g in zip(rows, groups):
+    for w, g in zip(rows, groups, strict=True):
         if w["fallback"] is not None:
             continue
         F_i = _interp("F", g["T"], have, S)
@@ -401,7 +405,7 @@ def implied_forwards(quotes: Any, *, spot: float | None = None, r: float | None 
             raise InputError("no expiry has a usable call/put pair at the same strike and no spot was given: "
                              "pass spot= (and r=, q=) or quotes with two-sided calls and puts")
     # user-fixed forwards: report how far market parity is from them (same pair selection)
-    for w, g in zip(rows, groups):
+    for w, g in zip(rows, groups, strict=True):
         if w["fallback"] in ("rates", "forward from q", "rates, q = 0"):
             if len(g["K"]):
                 idx = _near(g["K"], w["F"], g["T"], cfg, min(len(g["K"]), cfg.parity_min_pairs))

@@ -185,7 +185,11 @@ def arbitrage(prepared: Prepared, fit_result, settings: Settings = Settings()):
     T_lo, T_hi = float(used["T"].min()), float(used["T"].max())
     y_grid = np.linspace(y_lo, y_hi, settings.n_strikes)
     T_grid = np.linspace(T_lo, max(T_hi, T_lo * 1.01), settings.n_expiries)
-    return surface_arbitrage(fit_result.surface, y_grid, T_grid), quote_arbitrage(prepared.quotes, prepared.forwards)
+    qa = quote_arbitrage(prepared.quotes, prepared.forwards)
+    if len(qa) and "survives_spread" in qa.columns:
+        # executable violations first, the largest first; mid-only ones after them
+        qa = qa.sort_values(["survives_spread", "cost"], ascending=[False, True], kind="stable").reset_index(drop=True)
+    return surface_arbitrage(fit_result.surface, y_grid, T_grid), qa
 
 
 def reprice(prepared: Prepared, fit_result, settings: Settings = Settings(), **grid):

@@ -12,7 +12,10 @@ with messages.page_guard():
     prep = sel.run(data.prepared)
     lv = sel.run(data.local_vol)
 
-    axis = st.radio("Horizontal axis", ["Strike", "Moneyness K/S"], horizontal=True, key="surfaces.axis")
+    c1, c2 = st.columns([2, 3])
+    axis = c1.radio("Horizontal axis", ["Strike", "Moneyness K/S"], horizontal=True, key="surfaces.axis")
+    show_extrap = c2.checkbox("Show extrapolated cells (beyond the quoted strikes and expiries)", value=False,
+                              key="surfaces.extrapolated")
     ref = sel.chain.spot if sel.chain.spot else float(np.asarray(prep.forwards.F(lv.T[0])))
     moneyness = axis != "Strike"
     x = lv.K / ref if moneyness else lv.K
@@ -23,37 +26,45 @@ with messages.page_guard():
     on = (used["strike"] >= lv.K.min()) & (used["strike"] <= lv.K.max())
     points = {"x": qx[on.to_numpy()], "T": used["T"].to_numpy(float)[on.to_numpy()],
               "iv": used["iv_mid"].to_numpy(float)[on.to_numpy()]}
-    flags = {f: getattr(lv, f) for f in figures.FLAG_STYLE}
-    both = np.concatenate([np.ravel(lv.iv), np.ravel(lv.local_vol)])
+    flags = {f: np.asarray(getattr(lv, f), bool) for f in figures.FLAG_STYLE}
+    iv, loc = np.array(lv.iv, float), np.array(lv.local_vol, float)
+    if not show_extrap:
+        # Far outside the quotes a short expiry's wings explode; hiding them keeps the colour scale useful.
+        iv[flags["extrapolated"]] = np.nan
+        loc[flags["extrapolated"]] = np.nan
+        flags_shown = {f: m & ~flags["extrapolated"] for f, m in flags.items() if f != "extrapolated"}
+    else:
+        flags_shown = flags
+    both = np.concatenate([np.ravel(iv), np.ravel(loc)])
     both = both[np.isfinite(both)]
     zr = (float(both.min()), float(both.max())) if both.size else None
 
-    n = lv.local_vol.size
+    n = loc.size
     counts = {f: int(np.sum(flags[f])) for f in flags}
     st.caption(f"{lv.T.size} x {lv.K.size} grid, clip band {100 * lv.clip[0]:.0f}%-{100 * lv.clip[1]:.0f}%. "
                + ", ".join(f"{figures.FLAG_STYLE[f][0]}: {c} ({100 * c / n:.1f}%)" for f, c in counts.items()))
 
     left, right = st.columns(2)
     with left:
-        controls.chart(figures.surface_3d(x, lv.T, lv.iv, title="Implied vol (fitted) and market quotes",
+        controls.chart(figures.surface_3d(x, lv.T, iv, title="Implied vol (fitted) and market quotes",
                                           zlabel="implied vol", xlabel=xlabel, points=points,
-                                          other=("local vol", lv.local_vol), colorscale=figures.IMPLIED_SCALE,
+                                          other=("local vol", loc), colorscale=figures.IMPLIED_SCALE,
                                           zrange=zr), key="surfaces.implied3d", name="implied_vol_3d")
     with right:
-        controls.chart(figures.surface_3d(x, lv.T, lv.local_vol, title="Dupire local vol (clipped), flags marked",
-                                          zlabel="local vol", xlabel=xlabel, flags=flags,
-                                          other=("implied vol", lv.iv), colorscale=figures.LOCAL_SCALE,
+        controls.chart(figures.surface_3d(x, lv.T, loc, title="Dupire local vol (clipped), flags marked",
+                                          zlabel="local vol", xlabel=xlabel, flags=flags_shown,
+                                          other=("implied vol", iv), colorscale=figures.LOCAL_SCALE,
                                           zrange=zr), key="surfaces.local3d", name="local_vol_3d")
     left, right = st.columns(2)
     with left:
-        controls.chart(figures.heatmap(x, lv.T, lv.iv, title="Implied vol heatmap", zlabel="implied vol",
-                                       xlabel=xlabel, other=("local vol", lv.local_vol),
+        controls.chart(figures.heatmap(x, lv.T, iv, title="Implied vol heatmap", zlabel="implied vol",
+                                       xlabel=xlabel, other=("local vol", loc),
                                        colorscale=figures.IMPLIED_SCALE, zrange=zr),
                        key="surfaces.implied_heat", name="implied_vol_heatmap")
     with right:
-        controls.chart(figures.heatmap(x, lv.T, lv.local_vol, title="Local vol heatmap, flags marked",
-                                       zlabel="local vol", xlabel=xlabel, flags=flags,
-                                       other=("implied vol", lv.iv), colorscale=figures.LOCAL_SCALE, zrange=zr),
+        controls.chart(figures.heatmap(x, lv.T, loc, title="Local vol heatmap, flags marked",
+                                       zlabel="local vol", xlabel=xlabel, flags=flags_shown,
+                                       other=("implied vol", iv), colorscale=figures.LOCAL_SCALE, zrange=zr),
                        key="surfaces.local_heat", name="local_vol_heatmap")
     st.caption("Flags: clipped = the raw Dupire value lies outside the clip band (shown at the band's edge); "
                "butterfly = the fitted smile implies a negative density there; calendar = total variance falls "

@@ -28,13 +28,21 @@ with messages.page_guard():
     c[3].metric("Max |error|", f"{rp.max_bp:.1f} bp")
     left, right = st.columns([3, 2])
     with left:
-        controls.chart(figures.roundtrip(t["strike"], t["T"], t["error_bp"], half,
+        xm = t["strike"].to_numpy(float) / t["F"].to_numpy(float) if "F" in t else t["strike"].to_numpy(float)
+        rows = pd.to_datetime(t["expiry"]).dt.strftime("%Y-%m-%d").to_numpy() if "expiry" in t else t["T"].to_numpy(float)
+        controls.chart(figures.roundtrip(xm, rows, t["error_bp"], half, xlabel="K/F" if "F" in t else "strike",
                                          title="Repriced - market (vol bp); ringed: outside the bid/ask band"),
                        key="validation.roundtrip", name="round_trip")
     with right:
         be = rp.by_expiry.copy()
+        if "expiry" in be:
+            be["expiry"] = pd.to_datetime(be["expiry"]).dt.strftime("%Y-%m-%d")
         st.markdown("Per expiry")
-        st.dataframe(be, hide_index=True, width="stretch")
+        st.dataframe(be, hide_index=True, width="stretch",
+                     column_config={"T": st.column_config.NumberColumn(format="%.3f"),
+                                    "max_bp": st.column_config.NumberColumn("max |err| bp", format="%.1f"),
+                                    "mean_bp": st.column_config.NumberColumn("mean |err| bp", format="%.1f"),
+                                    "inside_bid_ask": st.column_config.NumberColumn("inside", format="percent")})
         st.caption("Model: forward Dupire PDE under the clipped local vol, one sweep for all quotes. "
                    "A quote is inside when the model's implied vol lies within its bid/ask vols.")
 
@@ -75,10 +83,39 @@ with messages.page_guard():
     st.caption(f"{res.n_paths:,} paths, {res.n_steps} steps, {res.seconds:.1f} s. Black-Scholes uses the local-vol "
                "model's own ATM implied vol at the maturity, so both agree on the ATM vanilla.")
 
-    st.markdown("#### Scenarios")
-    scen = data.scenarios_available()
-    if scen is None:
-        st.info("Scenario shocks need core.pricing.scenarios, which is not installed in this build.")
-    else:
-        shocks = pd.DataFrame(scen(sel, res, spec))
-        st.dataframe(shocks, hide_index=True, width="stretch")
+    st.markdown("#### Scenario shock: before and after")
+    with st.form("validation.scenario_form"):
+        c = st.columns(5)
+        parallel = c[0].number_input("Parallel (vol points)", -20.0, 50.0, value=2.0, step=0.5, key="validation.parallel")
+        skew = c[1].number_input("Skew tilt (vol points per unit y)", -50.0, 50.0, value=0.0, step=1.0,
+                                 key="validation.skew", help="Adds skew x y to the vol: negative steepens a put skew")
+        term = c[2].number_input("Short-end shock (vol points)", -20.0, 50.0, value=0.0, step=0.5, key="validation.term",
+                                 help="Scaled by sqrt(T_ref/T): more at the short end")
+        spot_move = c[3].number_input("Spot move (%)", -50.0, 50.0, value=0.0, step=1.0, key="validation.spot")
+        sticky = c[4].selectbox("Smile follows", ["moneyness", "strike"], key="validation.sticky")
+        st.form_submit_button("Apply shock")
+    fitted_T = np.sort(prep.quotes.loc[prep.quotes["use"].astype(bool), "T"].unique())
+    pick_T = tuple(float(fitted_T[i]) for i in sorted({int(round(j)) for j in np.linspace(0, len(fitted_T) - 1, 5)}))
+    strikes = tuple(round(spot * m, 2) for m in (0.8, 0.9, 1.0, 1.1, 1.2))
+    shock = (parallel / 100, skew / 100, term / 100, spot_move / 100, sticky)
+    sr = sel.run(data.scenario, shock, spec, strikes, pick_T)
+    left, right = st.columns(2)
+    with left:
+        lvt = sr.local_vol
+        controls.chart(figures.before_after(lvt["T"], lvt["atm_lv_before"], lvt["atm_lv_after"],
+                                            title="ATM local vol before / after the shock", xlabel="T (years)",
+                                            yaxis="local vol (%)"), key="validation.scenario_lv", name="scenario_atm_lv")
+    with right:
+        ex = sr.exotics
+        if len(ex):
+            row = ex.iloc[0]
+            controls.chart(figures.compare_bars([label], {"before": [row["price_before"]], "after": [row["price_after"]]},
+                                                errors={"before": [row["se_before"]], "after": [row["se_after"]]},
+                                                title="The exotic above under local vol, before / after",
+                                                yaxis="price"), key="validation.scenario_exotic", name="scenario_exotic")
+    v = sr.vanillas
+    piv = v.assign(moneyness=(v["strike"] / spot).round(2)).pivot_table(index="T", columns="moneyness", values="d_price")
+    st.markdown("Vanilla price change (after - before), rows: T (years), columns: K/S")
+    st.dataframe(piv.style.format("{:+.2f}"), width="stretch")
+    st.caption(f"Local vol re-run for the shocked surface ({sr.lv_source}); exotic by Monte Carlo with 10,000 paths; "
+               f"{sr.seconds:.1f} s.")

@@ -12,8 +12,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.cleaning import (CHECK_ORDER, REASONS, CleaningConfig, check_bounds, clean_quotes, reason_counts,
-                           select_for_fit)
+from core.cleaning import (
+    CHECK_ORDER,
+    REASONS,
+    CleaningConfig,
+    check_bounds,
+    clean_quotes,
+    reason_counts,
+    select_for_fit,
+)
 from core.errors import InputError
 from core.forwards import Forwards, implied_forwards
 from core.quotes import make_quotes
@@ -264,7 +271,10 @@ def quote_tables(draw):
                 rows.append((expiry, k, cp, bid, ask))
     if draw(st.booleans()) and rows:
         rows.append(rows[0])                                        # a duplicate
-    return pd.DataFrame(rows, columns=["expiry", "strike", "cp", "bid", "ask"])
+    df = pd.DataFrame(rows, columns=["expiry", "strike", "cp", "bid", "ask"])
+    scale = draw(st.sampled_from([1.0, 1.0, 1e-6, 1e7]))           # tiny and enormous magnitudes
+    df[["strike", "bid", "ask"]] *= scale
+    return df
 
 
 @settings(max_examples=60)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.cleaning import CleaningConfig, clean_quotes
+from core.cleaning import clean_quotes
 from core.errors import InputError
 from core.forwards import FALLBACKS, FORWARD_COLUMNS, Forwards, implied_forwards
 from core.sources.demo import demo_chain

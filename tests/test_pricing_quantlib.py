@@ -40,7 +40,7 @@ def _cev_lv(sigma, beta, cap=5.0):
 def _ql_cev(F, alpha, beta, D_rate, K, T_days, cp):
     eng = ql.AnalyticCEVEngine(float(F), float(alpha), float(beta), _flat(D_rate))
     out = []
-    for k, c in zip(K, cp):
+    for k, c in zip(K, cp, strict=True):
         o = ql.VanillaOption(ql.PlainVanillaPayoff(ql.Option.Call if c > 0 else ql.Option.Put, float(k)),
                              ql.EuropeanExercise(TODAY + T_days))
         o.setPricingEngine(eng)
@@ -121,7 +121,7 @@ def ql_fd_local_vol_prices(lv, S0, r, q, strikes, expiries_days, cp, *, t_grid=1
         ql.LocalVolTermStructureHandle(surf))
     eng = ql.FdBlackScholesVanillaEngine(proc, t_grid, x_grid, 0, ql.FdmSchemeDesc.Douglas(), True)
     out = []
-    for K, d, c in zip(strikes, expiries_days, cp):
+    for K, d, c in zip(strikes, expiries_days, cp, strict=True):
         o = ql.VanillaOption(ql.PlainVanillaPayoff(ql.Option.Call if c > 0 else ql.Option.Put, float(K)),
                              ql.EuropeanExercise(TODAY + int(d)))
         o.setPricingEngine(eng)

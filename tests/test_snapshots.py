@@ -1,6 +1,7 @@
 """Snapshots: exact round trip, atomic writes, and bad files reported (never deleted, never crashing)."""
 from __future__ import annotations
 
+import dataclasses
 import errno
 import gzip
 import os
@@ -78,7 +79,6 @@ def test_never_overwrites_and_lists_newest_first(small, later, tmp_path):
 
 
 def test_names_are_sanitised(small, tmp_path):
-    import dataclasses
     for u, expect in (("^SPX", "_SPX"), ("../../etc/passwd", "_.._etc_passwd"), ("", "UNKNOWN"),
                       ("BRK.B", "BRK.B"), ("..hidden", "hidden")):
         assert safe_name(u) == expect
@@ -242,6 +242,6 @@ def test_save_rejects_non_chain(tmp_path):
 
 def test_snapshot_info_is_frozen(tmp_path):
     info = SnapshotInfo(path=tmp_path / "a", underlying="A", asof=None, n_quotes=None, ok=False, error="x")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         info.ok = True
     assert "unknown time" in info.label

@@ -135,7 +135,8 @@ def test_term_structure_skew_density_roundtrip_bars():
     dens = np.array([[0.1, -0.01, 0.2], [0.1, 0.2, 0.3]])
     fig = figures.densities([1, 2, 3], ["a", "b"], dens)
     assert [t.name for t in fig.data] == ["a", "a: negative density", "b"]
-    fig = figures.roundtrip([1, 2], [0.5, 1.0], [3.0, -20.0], [5.0, 5.0], title="rt")
+    fig = figures.roundtrip([1, 2], ["2026-07-01", "2027-01-01"], [3.0, -20.0], [5.0, 5.0], title="rt")
+    assert fig.layout.yaxis.type == "category"
     assert list(fig.data[0].marker.line.width) == [0, 2]
     fig = figures.compare_bars(["barrier", "asian"], {"local vol": [1, 2], "Black-Scholes": [1.1, 2.1]},
                                title="x", yaxis="price", errors={"local vol": [0.01, 0.02]})

@@ -22,8 +22,15 @@ import pandas as pd
 import pytest
 
 from core.cleaning import clean_quotes, reason_counts
-from core.errors import (DataSourceError, InputError, NetworkError, NoOptionsError, RateLimitError, SourceTimeout,
-                         UnknownTickerError)
+from core.errors import (
+    DataSourceError,
+    InputError,
+    NetworkError,
+    NoOptionsError,
+    RateLimitError,
+    SourceTimeout,
+    UnknownTickerError,
+)
 from core.forwards import implied_forwards
 from core.quotes import NEW_YORK
 from core.sources import snapshots as snapmod
@@ -149,7 +156,7 @@ def test_chain_from_recorded_shape_frames(market, tmp_path):
     assert ch.meta["failed_expiries"] == []
     assert [pd.Timestamp(e).date() for e in ch.expiries] == src.expiries("^SPX")
     # progress: monotone, ends at total
-    assert calls[-1][0] == calls[-1][1] and all(a[0] <= b[0] for a, b in zip(calls, calls[1:]))
+    assert calls[-1][0] == calls[-1][1] and all(a[0] <= b[0] for a, b in zip(calls, calls[1:], strict=False))
     # the parity forwards of what came through Yahoo's shape agree with the true ones (T differs by the
     # seconds between the demo's quote time and the fetch, so compare carry, not exact forwards)
     fw = implied_forwards(ch)

@@ -10,6 +10,7 @@ sidebar says why and offers the demo and the saved snapshots; the page stops wit
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import pandas as pd
@@ -123,26 +124,23 @@ def _snapshot(sb) -> tuple[QuoteChain, str, tuple] | None:
     snaps = data.snapshots()
     if not snaps:
         return None
-    labels = {}
-    for s in snaps:
-        path = str(getattr(s, "path", s))
-        when = getattr(s, "asof", None) or getattr(s, "saved", None)
-        und = getattr(s, "underlying", "") or ""
-        label = f"{und} {pd.Timestamp(when).strftime('%Y-%m-%d %H:%M') + ' UTC' if when is not None else ''}".strip()
-        labels[f"{label} ({path.split('/')[-1]})"] = (s, path)
+    labels: dict[str, Any] = {}
+    for info in snaps:
+        label = getattr(info, "label", None) or str(getattr(info, "path", info))
+        labels[f"{label} - {str(getattr(info, 'path', info)).split('/')[-1]}"] = info
     if st.session_state.get("snapshot") not in labels:
         st.session_state["snapshot"] = next(iter(labels))
-    choice = sb.selectbox("Saved snapshot", list(labels), key="snapshot", persist_state="session")
-    info, path = labels[choice]
+    choice = sb.selectbox("Saved snapshot", list(labels), key="snapshot", persist_state="session",
+                          help="Every successful Yahoo download is saved here; unreadable files are listed, never deleted.")
+    info = labels[choice]
+    path = str(getattr(info, "path", info))
     try:
-        import os
-
         stt = os.stat(path)
         mtime, size = stt.st_mtime, stt.st_size
     except OSError:
         mtime, size = 0.0, 0
     chain = data.snapshot(path, mtime, size)
-    when = pd.Timestamp(chain.asof).strftime("%Y-%m-%d %H:%M")
+    when = pd.Timestamp(chain.asof).tz_convert("UTC").strftime("%Y-%m-%d %H:%M")
     return chain, f"Snapshot of {chain.underlying} taken {when} UTC", (path, mtime, size)
 
 
@@ -191,6 +189,13 @@ def _yahoo(sb) -> tuple[QuoteChain, str, tuple] | None:
         st.info(f"Pick the expiries of **{ticker}** in the sidebar and press **Download chain**.")
         st.stop()
     chain, when = chains[ticker]
+    failed = list(chain.meta.get("failed_expiries", []) or [])
+    if failed:
+        sb.warning(f"{len(failed)} expiries could not be downloaded and are left out: "
+                   f"{', '.join(map(str, failed[:6]))}{'...' if len(failed) > 6 else ''}")
+    if chain.meta.get("snapshot_error"):
+        sb.warning(f"The download is kept in this session but could not be saved as a snapshot: "
+                   f"{chain.meta['snapshot_error']}")
     return chain, f"Live: Yahoo Finance {ticker}, downloaded {when:%Y-%m-%d %H:%M} UTC", (ticker, str(when))
 
 

@@ -329,10 +329,28 @@ def ensure(cond: bool, message: str) -> None:
         raise InputError(message)
 
 
-def scenarios_available():
-    """The scenario runner of ``core.pricing.scenarios`` when that module exists, else None."""
-    try:
-        from core.pricing import scenarios  # noqa: F401
-    except ImportError:
-        return None
-    return None
+
+@st.cache_data(ttl=_TTL, max_entries=_ENTRIES, show_spinner="Re-running local vol and prices under the shock...")
+def scenario(source_key: str, _chain: QuoteChain, settings: pipeline.Settings, shock: tuple, exotic_spec: tuple | None,
+             strikes: tuple, expiries: tuple):
+    """``core.pricing.scenarios.run_scenarios`` for one shock ``(parallel, skew, term, spot_move, sticky)``
+    (vols as decimals, spot move relative) on vanillas at ``strikes`` x ``expiries`` and, when given,
+    the exotic of ``exotic_spec`` (the tuple of ``exotic``); returns a ``ScenarioResult``."""
+    from core.pricing.scenarios import Instruments, Scenario, run_scenarios
+
+    s = _fit_settings(settings)
+    prep = prepared(source_key, _chain, s)
+    fr = fitted(source_key, _chain, s)
+    parallel, skew, term, spot_move, sticky = shock
+    sc = Scenario(name="shock", parallel=parallel, skew=skew, term=term, spot_move=spot_move, sticky=sticky)
+    ex = ()
+    mc = {"n_paths": 10_000, "n_steps": 100, "seed": 7}
+    if exotic_spec is not None:
+        if exotic_spec[0] == "barrier":
+            _, kind, cp, K, H, T, n, seed = exotic_spec
+            ex = ({"type": "barrier", "kind": kind, "cp": cp, "strike": K, "barrier": H, "T": T},)
+        else:
+            _, cp, K, T, nfix, n, seed = exotic_spec
+            ex = ({"type": "asian", "cp": cp, "strike": K, "T": T, "n_fixings": nfix},)
+    inst = Instruments(strikes=np.asarray(strikes, float), expiries=np.asarray(expiries, float), exotics=ex, mc=mc)
+    return run_scenarios(fr.surface, prep.forwards, [sc], inst, clip=settings.clip)

@@ -97,14 +97,14 @@ def surface_3d(x, T, Z, *, title: str, zlabel: str, xlabel: str = "strike",
                 continue
             fig.add_trace(go.Scatter3d(
                 x=X[m], y=Tg[m], z=Z[m] * 100.0, mode="markers", name=f"{label} ({int(m.sum())})",
-                marker=dict(size=3 if name == "extrapolated" else 4, color=colour, symbol=sym3),
+                marker=dict(size=2 if name == "extrapolated" else 3, color=colour, symbol=sym3, opacity=0.8),
                 hovertemplate=f"{label}<br>{xlabel} %{{x:.4g}}<br>T %{{y:.3f}} y<br>{zlabel} %{{z:.2f}}%<extra></extra>",
             ))
     if points is not None and len(np.asarray(points["x"])):
         fig.add_trace(go.Scatter3d(
             x=np.asarray(points["x"], float), y=np.asarray(points["T"], float),
             z=np.asarray(points["iv"], float) * 100.0, mode="markers", name="market quotes (mid)",
-            marker=dict(size=2.5, color=QUOTE_COLOUR),
+            marker=dict(size=1.5, color=QUOTE_COLOUR, opacity=0.6),
             hovertemplate=f"quote<br>{xlabel} %{{x:.4g}}<br>T %{{y:.3f}} y<br>mid iv %{{z:.2f}}%<extra></extra>",
         ))
     fig.update_layout(
@@ -155,7 +155,7 @@ def heatmap(x, T, Z, *, title: str, zlabel: str, xlabel: str = "strike",
                 continue
             fig.add_trace(go.Scatter(
                 x=X[m], y=Tg[m], mode="markers", name=f"{label} ({int(m.sum())})",
-                marker=dict(size=5 if name == "extrapolated" else 7, color=colour, symbol=sym2,
+                marker=dict(size=4 if name == "extrapolated" else 5, color=colour, symbol=sym2, opacity=0.7,
                             line=dict(width=1, color=colour)),
                 hovertemplate=f"{label}<br>{xlabel} %{{x:.4g}}<br>T %{{y:.3f}} y<extra></extra>",
             ))
@@ -280,25 +280,29 @@ def densities(K, labels: Sequence[str], dens, *, title: str = "Risk-neutral dens
     return fig
 
 
-def roundtrip(x, T, error_bp, half_band_bp, *, title: str, xlabel: str = "strike") -> go.Figure:
-    """Repriced minus market implied vol per quote (vol bp), coloured on a diverging scale centred at 0;
-    quotes outside their half bid/ask band get a black ring."""
+def roundtrip(x, rows, error_bp, half_band_bp, *, title: str, xlabel: str = "strike",
+              ylabel: str = "expiry") -> go.Figure:
+    """Repriced minus market implied vol per quote (vol bp) as a map over (x, expiry row), coloured on a
+    diverging scale centred at 0; quotes outside their half bid/ask band get a black ring.
+    ``rows``: (n,) expiry labels (one row per expiry) or numbers."""
     x = np.asarray(x, float)
-    T = np.asarray(T, float)
+    rows = np.asarray(rows)
     e = np.asarray(error_bp, float)
     h = np.asarray(half_band_bp, float)
     inside = np.abs(e) <= h
     lim = float(np.nanmax(np.abs(e))) if np.isfinite(e).any() else 1.0
     fig = go.Figure(go.Scatter(
-        x=x, y=T, mode="markers", name="repriced - market",
-        marker=dict(size=9, color=e, colorscale=DIVERGING_SCALE, cmin=-lim, cmax=lim, reversescale=True,
+        x=x, y=rows, mode="markers", name="repriced - market",
+        marker=dict(size=8, color=e, colorscale=DIVERGING_SCALE, cmin=-lim, cmax=lim, reversescale=True,
                     colorbar=dict(title=dict(text="bp"), thickness=14),
                     line=dict(width=np.where(inside, 0, 2), color="#000")),
         customdata=np.c_[h, inside.astype(int)],
-        hovertemplate=f"{xlabel} %{{x:.4g}}<br>T %{{y:.3f}} y<br>repriced - market %{{marker.color:.1f}} bp"
-                      "<br>half bid/ask %{customdata[0]:.1f} bp<br>inside band %{customdata[1]}<extra></extra>",
+        hovertemplate=f"{xlabel} %{{x:.4g}}<br>{ylabel} %{{y}}<br>repriced - market %{{marker.color:.1f}} bp"
+                      "<br>half bid/ask %{customdata[0]:.1f} bp<br>inside band (1 = yes) %{customdata[1]}<extra></extra>",
     ))
-    fig.update_layout(title=title, height=430, xaxis_title=xlabel, yaxis_title="T (years)", **_LAYOUT)
+    fig.update_layout(title=title, height=470, xaxis_title=xlabel, yaxis_title=ylabel, **_LAYOUT)
+    if rows.dtype.kind in "OUS":
+        fig.update_yaxes(type="category", categoryorder="category ascending")
     return fig
 
 
@@ -315,6 +319,19 @@ def compare_bars(labels: Sequence[str], series: Mapping[str, Sequence[float]], *
         fig.add_trace(go.Bar(x=list(labels), y=np.asarray(vals, float), name=name, error_y=err,
                              marker_color=colours[i % len(colours)]))
     fig.update_layout(title=title, barmode="group", height=380, yaxis_title=yaxis, **_LAYOUT)
+    return fig
+
+
+def before_after(x, before, after, *, title: str, xlabel: str, yaxis: str, percent: bool = True) -> go.Figure:
+    """Two curves over ``x``: a quantity before and after a scenario shock (vols in percent by default)."""
+    k = 100.0 if percent else 1.0
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=np.asarray(x, float), y=np.asarray(before, float) * k, mode="lines+markers",
+                             name="before", line=dict(color=BID_ASK_COLOUR, width=2.5)))
+    fig.add_trace(go.Scatter(x=np.asarray(x, float), y=np.asarray(after, float) * k, mode="lines+markers",
+                             name="after", line=dict(color=LOCAL_COLOUR, width=2.5, dash="dash")))
+    fig.update_layout(title=title, height=360, xaxis_title=xlabel, yaxis_title=yaxis, **_LAYOUT,
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0))
     return fig
 
 

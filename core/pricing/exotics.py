@@ -86,17 +86,27 @@ class _Barrier:
     def begin(self, sl, n):
         self.alive = np.ones(n)
         self.sl = sl
+        # distance to the barrier in ln S at the last date, positive on the safe side, floored at 0
+        d0 = self.h - self.grid.logF[0]
+        self.d_prev = np.full(n, max(d0 if self.up else -d0, 0.0))
+        self.buf = np.empty(n)
 
     def step(self, k, z_old, z_new, sig):
-        # distance to the barrier in ln S, positive while on the safe side
-        sgn = 1.0 if self.up else -1.0
-        d_new = sgn * (self.h - self.grid.logF[k + 1] - z_new)
+        d_new = np.subtract(self.h - self.grid.logF[k + 1], z_new, out=self.buf)
+        if not self.up:
+            np.negative(d_new, out=d_new)
+        np.maximum(d_new, 0.0, out=d_new)
         if self.continuous:
-            d_old = sgn * (self.h - self.grid.logF[k] - z_old)
-            with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-                p_cross = np.exp(-2.0 * np.maximum(d_old, 0.0) * np.maximum(d_new, 0.0)
-                                 / (sig * sig * self.dts[k]))
-            self.alive *= np.where((d_old > 0) & (d_new > 0), 1.0 - p_cross, 0.0)
+            # survival of the bridge: 1 - exp(-2 d_old d_new / (sigma^2 dt)); a path on or beyond the
+            # barrier has d = 0, so exp(0) = 1 kills it: no separate test needed
+            e = d_new * self.d_prev
+            with np.errstate(divide="ignore", invalid="ignore"):
+                e /= sig * sig
+            e *= -2.0 / self.dts[k]
+            np.exp(e, out=e)
+            np.subtract(1.0, e, out=e)
+            self.alive *= e
+            self.d_prev, self.buf = d_new, self.d_prev
         elif self.monitor is None or self.monitor[k + 1]:
             self.alive *= d_new > 0
 

@@ -50,7 +50,8 @@ def run_paths(grid: MCGrid, n_paths: int, seed=None, *, antithetic: bool = True,
 
     ``observers``: objects with ``begin(sl, n)`` (``sl`` the output slice(s) of the block) and
     ``step(k, z_old, z_new, sigma)`` called after every step ``k`` (``t_k -> t_{k+1}``) on the
-    block's arrays. With ``antithetic``, path ``i`` and path ``i + n_paths/2`` are a pair ``(Z, -Z)``.
+    block's arrays (``z_old`` is None: observers keep what they need of the previous date).
+    With ``antithetic``, path ``i`` and path ``i + n_paths/2`` are a pair ``(Z, -Z)``.
     """
     n_paths = int(n_paths)
     if n_paths < 2:
@@ -79,7 +80,6 @@ def run_paths(grid: MCGrid, n_paths: int, seed=None, *, antithetic: bool = True,
         sig = np.empty(nb)
         tmp = np.empty(nb)
         work = (np.empty(nb),)
-        z_old = np.empty(nb) if observers else None
         for ob in observers:
             ob.begin(sl, nb)
         for k in range(len(dts)):
@@ -89,8 +89,6 @@ def run_paths(grid: MCGrid, n_paths: int, seed=None, *, antithetic: bool = True,
             else:
                 rng.standard_normal(out=Z)
             grid.lookup(k, z, out=sig, work=work)
-            if observers:
-                z_old[:] = z
             # z += sigma (sqrt(dt) Z - sigma dt / 2)
             np.multiply(Z, sq[k], out=tmp)
             np.multiply(sig, 0.5 * dts[k], out=Z)
@@ -98,7 +96,7 @@ def run_paths(grid: MCGrid, n_paths: int, seed=None, *, antithetic: bool = True,
             tmp *= sig
             z += tmp
             for ob in observers:
-                ob.step(k, z_old, z, sig)
+                ob.step(k, None, z, sig)
         if antithetic:
             out[sl[0]] = z[:h]
             out[sl[1]] = z[h:]

@@ -6,7 +6,11 @@ In normalised prices ``c(x, T) = C / (D_T F_T)``, ``x = K / F_T`` the forward eq
 ``u = ln x`` (``dc/dT = 1/2 sigma^2 (c_uu - c_u)``) on a sinh-stretched grid that is dense near the
 money, with Crank-Nicolson steps after a Rannacher start (four implicit half steps smooth the
 payoff kink: Rannacher 1984; Giles & Carter 2006), steps landing exactly on every expiry, and one
-banded (tridiagonal) solve per step. One sweep prices every strike of every expiry.
+banded (tridiagonal) solve per step. One sweep prices every strike of every expiry. By default a
+second sweep on the nested grid with half the spacing and half the steps is combined with the first
+by Richardson extrapolation, ``(4 fine - coarse) / 3``: the deep out-of-the-money prices of short
+expiries, tiny numbers whose implied vols are the hardest part of the round trip, gain about two
+orders of accuracy for five times the work of one coarse sweep.
 
 ``reprice`` turns those prices back into implied vols and compares them with the quotes (vol
 basis points against the mid, inside the bid/ask vol band). ``pde_convergence`` shows the error
@@ -79,7 +83,9 @@ class PDEResult:
     """Forward Dupire sweep: normalised call prices ``c[j, i] = C(K, T_j) / (D F)`` at ``x_i = e^{u_i}``.
 
     ``T`` (nT,) the requested expiries (sorted, unique); ``u`` (nx,) ``ln(K/F_T)`` nodes; ``c`` (nT, nx);
-    ``F``, ``D`` (nT,); ``steps`` the number of time steps; ``seconds``; ``n_x``, ``n_t`` the grid.
+    ``F``, ``D`` (nT,); ``steps`` the number of time steps; ``seconds``; ``n_x``, ``n_t`` the grid;
+    ``diagnostics``: ``u_range``, ``richardson`` and, for ``SurfaceLocalVol``, ``lv_fallback`` (nodes
+    where Gatheral's formula had no meaning, ``g <= 0`` or ``w_T < 0``, and the implied vol stood in).
     ``price(K, T, cp)`` interpolates (cubic spline in ``u``) and returns discounted prices.
     """
 
@@ -92,6 +98,7 @@ class PDEResult:
     seconds: float
     n_x: int
     n_t: int
+    diagnostics: dict = field(default_factory=dict)
     _splines: list = field(default_factory=list, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -194,6 +201,7 @@ def forward_dupire(lv, forwards, expiries, strikes=None, *, n_x: int = 601, n_t:
     half_lo = float(np.clip(half_lo, 0.3, 12.0))
     half_hi = float(np.clip(half_hi, 0.3, 8.0))
     steps = 0
+    n_fb0 = getattr(lv, "n_fallback", None)
     sweeps = []
     for refine in ((1, 2) if richardson else (1,)):
         u = _x_grid(half_lo, half_hi, n_x, concentration, refine)
@@ -211,9 +219,12 @@ def forward_dupire(lv, forwards, expiries, strikes=None, *, n_x: int = 601, n_t:
         out = (4.0 * sweeps[1][1][:, ::2] - sweeps[0][1]) / 3.0
     else:
         u, out = sweeps[0]
+    diag = {"u_range": (float(u[0]), float(u[-1])), "richardson": bool(richardson)}
+    if n_fb0 is not None:
+        diag["lv_fallback"] = int(lv.n_fallback - n_fb0)
     return PDEResult(T=T_out, u=u, c=out, F=np.asarray(forwards.F(T_out), float),
                      D=np.asarray(forwards.D(T_out), float), steps=steps,
-                     seconds=time.perf_counter() - t0, n_x=n_x, n_t=n_t)
+                     seconds=time.perf_counter() - t0, n_x=n_x, n_t=n_t, diagnostics=diag)
 
 
 def _sweep(lv, forwards, u, t_nodes, n_implicit, theta, T_out, s_atm):
@@ -371,7 +382,7 @@ def pde_convergence(lv, forwards, expiries, strikes, *, exact_iv=None,
         ivs.append(res.implied_vol(K[None, :], T[:, None]))
         rows.append({"n_x": n_x, "n_t": n_t, "seconds": res.seconds})
     ref = np.asarray(exact_iv, float) if exact_iv is not None else ivs[-1]
-    for r, iv in zip(rows, ivs):
+    for r, iv in zip(rows, ivs, strict=True):
         e = np.abs(iv - ref) * 1e4
         r["max_bp"], r["mean_bp"] = float(np.nanmax(e)), float(np.nanmean(e))
     df = pd.DataFrame(rows)

@@ -166,10 +166,10 @@ def _local_vol(surface, forwards, clip, strikes, expiries):
     if local_vol_grid is not None:
         try:
             T_hi = float(np.max(expiries))
-            Tg = np.unique(np.r_[np.geomspace(1.0 / 365.0, T_hi, 60), np.asarray(expiries, float)])
+            Tg = np.unique(np.r_[np.geomspace(1.0 / 365.0, T_hi, 120), np.asarray(expiries, float)])
             F_hi = float(forwards.F(T_hi))
             sd = 8.0 * float(np.sqrt(np.nanmax(surface.w(0.0, T_hi))))
-            Kg = F_hi * np.exp(np.linspace(-max(sd, 1.0), max(sd, 1.0), 161))
+            Kg = F_hi * np.exp(np.linspace(-max(sd, 1.0), max(sd, 1.0), 321))
             Kg = np.unique(np.r_[Kg, np.asarray(strikes, float)])
             res = local_vol_grid(surface, forwards, Kg, Tg, clip=clip)
             return res.interpolator(), "core.localvol.local_vol_grid"
@@ -239,7 +239,7 @@ def run_scenarios(surface: VolSurface, forwards: Forwards, scenarios, instrument
                     "price_pde_after": after["p_pde"][i, j],
                     "pde_error_bp": 1e4 * (after["iv_pde"][i, j] - after["iv"][i, j]),
                 })
-        for spec, rb, ra in zip(instruments.exotics, before["ex"], after["ex"]):
+        for rb, ra in zip(before["ex"], after["ex"], strict=True):
             e_rows.append({"scenario": sc.name, **{k: v for k, v in ra.product.items()},
                            "price_before": rb.price_lv, "se_before": rb.se_lv,
                            "price_after": ra.price_lv, "se_after": ra.se_lv,

@@ -36,8 +36,17 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from core.errors import (DataSourceError, DupireDeskError, InputError, NetworkError, NoOptionsError, RateLimitError,
-                         SnapshotError, SourceTimeout, UnknownTickerError)
+from core.errors import (
+    DataSourceError,
+    DupireDeskError,
+    InputError,
+    NetworkError,
+    NoOptionsError,
+    RateLimitError,
+    SnapshotError,
+    SourceTimeout,
+    UnknownTickerError,
+)
 from core.quotes import QuoteChain
 
 _TICKER_RE = re.compile(r"^[A-Za-z0-9^.\-=]{1,12}$")

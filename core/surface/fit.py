@@ -124,13 +124,16 @@ def _select(quotes: pd.DataFrame, forwards) -> tuple[pd.DataFrame, int]:
     ok = np.isfinite(iv) & (iv > 0) & np.isfinite(T) & (T > 0) & np.isfinite(y)
     n_bad = int((~ok).sum())
     q = q[ok].copy()
-    q["_key"] = [_expiry_key(e) for e in q["expiry"]]
+    if pd.api.types.is_datetime64_any_dtype(q["expiry"]):
+        q["_key"] = q["expiry"].dt.strftime("%Y-%m-%d")
+    else:
+        q["_key"] = [_expiry_key(e) for e in q["expiry"]]
     return q, n_bad
 
 
-def _grid(lo: float, hi: float, n: int = 81, ext: float = 0.25) -> np.ndarray:
-    width = max(hi - lo, 0.02)
-    return np.linspace(lo - ext * width - 0.02, hi + ext * width + 0.02, n)
+def _grid(lo: float, hi: float, n: int = 81, ext: float = 0.05) -> np.ndarray:
+    """Penalty grid: the quoted range ``[lo, hi]`` widened by ``ext`` (log-moneyness) on each side."""
+    return np.linspace(lo - ext, hi + ext, n)
 
 
 def check_arbitrage(surface: VolSurface, T_nodes, n_y: int = 121, n_sub: int = 4) -> dict:
@@ -218,7 +221,8 @@ def fit_surface(quotes: pd.DataFrame, forwards=None, *, method: str = "ssvi", sm
         if method == "ssvi":
             surface, params, gparams = _fit_ssvi(keys, Tn, y, iv, wt, idx, s, y_lo, y_hi)
         elif method == "svi":
-            surface, params, gparams = _fit_svi(keys, Tn, y, iv, wt, idx, s, y_lo, y_hi, failed, notes)
+            surface, params, gparams = _fit_svi(keys, Tn, y, iv, wt, idx, s, y_lo, y_hi, failed, notes,
+                                               ask=q["iv_ask"].to_numpy(float))
         else:
             from core.surface.smooth import fit_smooth
 
@@ -275,10 +279,10 @@ def _fit_ssvi(keys, Tn, y, iv, wt, idx, s, y_lo, y_hi):
     return r.surface, params, gparams
 
 
-def _fit_svi(keys, Tn, y, iv, wt, idx, s, y_lo, y_hi, failed, notes):
+def _fit_svi(keys, Tn, y, iv, wt, idx, s, y_lo, y_hi, failed, notes, ask=None):
     from core.surface.interp import SliceSurface
     from core.surface.ssvi_fit import fit_ssvi
-    from core.surface.svi import SliceFitInfo, SVISlice, fit_svi_slice, lift_calendar, polish_joint
+    from core.surface.svi import SVISlice, fit_svi_slice
 
     try:
         with warnings.catch_warnings():
@@ -287,7 +291,13 @@ def _fit_svi(keys, Tn, y, iv, wt, idx, s, y_lo, y_hi, failed, notes):
     except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
         pre = None
         notes.append(f"SSVI pre-fit failed ({exc}); SVI slices start from the quasi-explicit guess")
-    slices, T_ok, lo_ok, hi_ok, params, infos, data, grids, priors, keys_ok = [], [], [], [], {}, [], [], [], [], []
+    # Slices are fitted in increasing T, each above the previous one (calendar penalty on the union of
+    # their y-ranges) and below the next expiry's ask total variances at that expiry's quotes (``cap``):
+    # without the cap a short slice's extrapolated wing can rise where a longer slice is quoted and
+    # push that slice out of its bid/ask band. Crossings left over are removed by lifting.
+    slices, T_ok, lo_ok, hi_ok, infos, grids, keys_ok = [], [], [], [], [], [], []
+    ask = np.full(len(y), np.inf) if ask is None else np.where(np.isfinite(ask), ask, np.inf)
+    w_cap = ask**2 * Tn[idx]
     prev = None
     for i, k in enumerate(keys):
         m = idx == i
@@ -298,65 +308,32 @@ def _fit_svi(keys, Tn, y, iv, wt, idx, s, y_lo, y_hi, failed, notes):
         lo = min(y_lo[i], lo_ok[-1]) if lo_ok else y_lo[i]
         hi = max(y_hi[i], hi_ok[-1]) if hi_ok else y_hi[i]
         grid = _grid(lo, hi, n=121)
+        cap = None
+        if i + 1 < len(keys):
+            mc = (idx == i + 1) & np.isfinite(w_cap)
+            cap = (y[mc], w_cap[mc]) if mc.any() else None
         try:
             sl, info = fit_svi_slice(y[m], iv[m], wt[m], float(Tn[i]), y_grid=grid, start=prior, prev=prev,
-                                     prior=prior, smoothing=s)
+                                     cap=cap, prior=prior, smoothing=s)
         except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
             failed.append(f"{k}: SVI fit failed ({exc})")
             continue
         slices.append(sl)
         infos.append(info)
-        data.append((y[m], iv[m], wt[m]))
         grids.append(grid)
-        priors.append(prior)
         keys_ok.append(k)
         T_ok.append(float(Tn[i]))
         lo_ok.append(float(y_lo[i]))
         hi_ok.append(float(y_hi[i]))
         prev = sl
-    # a calendar constraint that binds in the sequential pass: refit all slices jointly
-    binding = [i for i in range(1, len(slices))
-               if infos[i].lifted > 0 or np.min(slices[i].w(grids[i]) / slices[i - 1].w(grids[i])) < 1.002]
-    joint = []
-    if binding and s < 1.0:
-        # clusters of consecutive slices linked by a binding constraint, each refitted between its fixed
-        # neighbours; kept when the weighted squared error goes down
-        clusters: list[list[int]] = []
-        for i in binding:
-            if clusters and clusters[-1][-1] >= i - 1:
-                clusters[-1].append(i)
-            else:
-                clusters.append([i - 1, i])
-
-        def sse(sls, ids):
-            return sum(float(np.sum(data[j][2] * (np.sqrt(np.maximum(sl.w(data[j][0]), 1e-12) / T_ok[j])
-                                                  - data[j][1]) ** 2)) for sl, j in zip(sls, ids))
-
-        for cl in clusters:
-            j, k_ = cl[0], cl[-1]
-            up = slices[k_ + 1] if k_ + 1 < len(slices) else None
-            cand, nfev, ok = polish_joint([slices[t] for t in cl], [data[t] for t in cl], [grids[t] for t in cl],
-                                          [T_ok[t] for t in cl], priors=[priors[t] for t in cl], smoothing=s,
-                                          lower=slices[j - 1] if j > 0 else None, upper=up,
-                                          upper_grid=grids[k_ + 1] if up is not None else None)
-            if sse(cand, cl) < sse([slices[t] for t in cl], cl):
-                for t, sl in zip(cl, cand):
-                    slices[t] = sl
-                    infos[t] = SliceFitInfo(ok, nfev, "joint polish", 0.0, 0.0, "joint", 0.0)
-                joint.extend(keys_ok[t] for t in cl)
-        if joint:
-            slices, lifts = lift_calendar(slices, grids)
-            infos = [SliceFitInfo(inf.success, inf.nfev, inf.message, inf.g_min, inf.calendar_gap, inf.start,
-                                  inf.lifted if k in joint and False else (lf if k in joint else inf.lifted))
-                     for inf, lf, k in zip(infos, lifts, keys_ok)]
+    if not slices:
+        raise FitError("no expiry could be fitted with SVI: " + "; ".join(failed))
+    params = {}
     for k, sl, info, T, g in zip(keys_ok, slices, infos, T_ok, grids):
         if info.lifted > 0:
             notes.append(f"{k}: SVI level lifted by {info.lifted:.2e} in total variance to stay above the previous expiry")
         params[k] = {"T": T, **sl.to_dict(), "g_min": float(np.min(sl.g(np.linspace(g[0], g[-1], 2001)))),
                      "start": info.start, "nfev": info.nfev, "success": info.success}
-    if not slices:
-        raise FitError("no expiry could be fitted with SVI: " + "; ".join(failed))
     surf = SliceSurface(T_nodes=tuple(T_ok), slices=tuple(slices), y_lo=tuple(lo_ok), y_hi=tuple(hi_ok))
-    g = {"ssvi_prefit": {"rho": pre.rho, "eta": pre.eta, "gamma": pre.gamma} if pre is not None else None,
-         "joint_polish": joint, "calendar_binding": [keys_ok[i] for i in binding]}
+    g = {"ssvi_prefit": {"rho": pre.rho, "eta": pre.eta, "gamma": pre.gamma} if pre is not None else None}
     return surf, params, g

@@ -33,7 +33,7 @@ from core.errors import ConvergenceWarning, FitError
 from core.surface.base import butterfly_g
 
 SLOPE_MAX = 1.98
-G_MARGIN = 1e-4
+G_MARGIN = 0.02
 
 
 def _knots(lo: float, hi: float, n_seg: int) -> np.ndarray:
@@ -61,17 +61,26 @@ class SplineSlice:
         return BSpline(np.asarray(self.knots), np.asarray(self.coef), 3, extrapolate=True)
 
     def derivs(self, y):
-        """``(w, w_y, w_yy)`` at ``y`` (any shape): the spline inside, linear outside."""
+        """``(w, w_y, w_yy)`` at ``y`` (any shape): the spline inside, the extensions outside."""
         y = np.asarray(y, dtype=float)
         spl = self._spl()
         d1 = spl.derivative(1)
         d2 = spl.derivative(2)
         yc = np.clip(y, self.y_lo, self.y_hi)
         w0, w1, w2 = spl(yc), d1(yc), d2(yc)
-        out = y != yc
-        w = np.where(out, w0 + w1 * (y - yc), w0)
-        w2 = np.where(out, 0.0, w2)
-        return w, w1, w2
+        u = y - yc
+        out = u != 0
+        # linear where the end slope points away from zero total variance (right: >= 0, left: <= 0);
+        # otherwise saturating, w_end + s L tanh(u / L) with L = w_end / (2 |s|): C2-smooth at the end,
+        # w'' of the convex sign, and w tends to w_end / 2 > 0 instead of crossing zero
+        bad = ((u > 0) & (w1 < 0)) | ((u < 0) & (w1 > 0))
+        L = np.where(bad, 0.5 * np.maximum(w0, 1e-12) / np.maximum(np.abs(w1), 1e-300), 1.0)
+        t = np.tanh(u / L)
+        w_sat, w1_sat, w2_sat = w0 + w1 * L * t, w1 * (1 - t * t), -2.0 * w1 * t * (1 - t * t) / L
+        w = np.where(out, np.where(bad, w_sat, w0 + w1 * u), w0)
+        wy = np.where(out & bad, w1_sat, w1)
+        wyy = np.where(out, np.where(bad, w2_sat, 0.0), w2)
+        return w, wy, wyy
 
     def to_dict(self) -> dict:
         """JSON-able description."""
@@ -88,6 +97,39 @@ def _g_and_grad(y, w, w1, w2):
     return g, g_w, g_w1, 0.5
 
 
+def _penalised(A, rhs, lam, Pz, yg, G0, G1, G2, E1, w_prev, w_floor, scale, wscale):
+    """Residuals and analytic Jacobian of the penalised spline problem in ``z``: data, smoothness,
+    butterfly (``g >= G_MARGIN`` on ``yg``), positivity, Lee-bounded end slopes, calendar."""
+
+    def res(z, k):
+        w, w1, w2 = G0 @ z, G1 @ z, G2 @ z
+        g = butterfly_g(yg, np.maximum(w, w_floor), w1, w2)
+        s_lo, s_hi = E1 @ z
+        parts = [A @ z - rhs, np.sqrt(lam) * z[2:], k[0] * scale * np.maximum(0.0, G_MARGIN - g),
+                 k[1] * wscale * np.maximum(0.0, 1.01 * w_floor - w),
+                 k[1] * scale * np.maximum(0.0, [s_lo - SLOPE_MAX, -SLOPE_MAX - s_lo, -s_hi - SLOPE_MAX, s_hi - SLOPE_MAX])]
+        if w_prev is not None:
+            parts.append(k[1] * wscale * np.maximum(0.0, w_prev - w))
+        return np.concatenate(parts)
+
+    def jac(z, k):
+        w, w1, w2 = G0 @ z, G1 @ z, G2 @ z
+        wp = np.maximum(w, w_floor)
+        g, g_w, g_w1, g_w2 = _g_and_grad(yg, wp, w1, w2)
+        act = ((G_MARGIN - g) > 0)[:, None]
+        s_lo, s_hi = E1 @ z
+        sl = np.array([s_lo - SLOPE_MAX, -SLOPE_MAX - s_lo, -s_hi - SLOPE_MAX, s_hi - SLOPE_MAX]) > 0
+        parts = [A, np.sqrt(lam) * Pz,
+                 -k[0] * scale * act * (g_w[:, None] * G0 + g_w1[:, None] * G1 + g_w2 * G2),
+                 -k[1] * wscale * G0 * ((1.01 * w_floor - w) > 0)[:, None],
+                 k[1] * scale * np.vstack([E1[0], -E1[0], -E1[1], E1[1]]) * sl[:, None]]
+        if w_prev is not None:
+            parts.append(-k[1] * wscale * G0 * ((w_prev - w) > 0)[:, None])
+        return np.vstack(parts)
+
+    return res, jac
+
+
 def fit_smooth_slice(y, iv, wt, T: float, *, smoothing: float = 0.0, prev=None, y_grid=None):
     """Fit one convex penalised-spline slice (module docstring).
 
@@ -100,7 +142,7 @@ def fit_smooth_slice(y, iv, wt, T: float, *, smoothing: float = 0.0, prev=None, 
     lo, hi = float(y.min()), float(y.max())
     if hi - lo < 1e-6:
         raise FitError("all quotes of this expiry are at one strike")
-    n_seg = int(np.clip(len(y) // 4, 2, 12))
+    n_seg = int(np.clip(len(y) // 2, 2, 12))
     t = _knots(lo, hi, n_seg)
     B = _basis(t, y)
     nb = B.shape[1]
@@ -112,7 +154,7 @@ def fit_smooth_slice(y, iv, wt, T: float, *, smoothing: float = 0.0, prev=None, 
     A = (B * sw[:, None]) @ L
     rhs = w_mid * sw
     AtA = A.T @ A
-    lam = 10.0 ** (-4.0 + 5.0 * float(np.clip(smoothing, 0, 1))) * np.trace(AtA) / (nb - 2)
+    lam = 10.0 ** (-5.0 + 6.0 * float(np.clip(smoothing, 0, 1))) * np.trace(AtA) / (nb - 2)
     Pz = np.hstack([np.zeros((nb - 2, 2)), np.eye(nb - 2)])
     lb = np.r_[-np.inf, -np.inf, np.zeros(nb - 2)]
     lin = lsq_linear(np.vstack([A, np.sqrt(lam) * Pz]), np.r_[rhs, np.zeros(nb - 2)], bounds=(lb, np.inf),
@@ -137,40 +179,16 @@ def fit_smooth_slice(y, iv, wt, T: float, *, smoothing: float = 0.0, prev=None, 
         w = G0 @ z
         g = butterfly_g(yg, np.maximum(w, w_floor), G1 @ z, G2 @ z)
         s_lo, s_hi = E1 @ z
-        slope_bad = max(s_lo, -SLOPE_MAX - s_lo, -s_hi, s_hi - SLOPE_MAX)
+        slope_bad = max(abs(s_lo), abs(s_hi)) - SLOPE_MAX
         gap = float(np.max(w_prev - w)) if w_prev is not None else -np.inf
         return float(np.min(g)), gap, float(np.min(w)), slope_bad
 
     g_min, gap, w_min, slope_bad = violations(z)
-    info = {"refined": False, "nfev": 0, "lam": float(lam), "n_basis": int(nb)}
+    info = {"refined": False, "relaxed": False, "nfev": 0, "lam": float(lam), "n_basis": int(nb)}
     if not (g_min >= 0 and gap <= 0 and w_min > w_floor and slope_bad <= 0):
         k = np.array([30.0, 30.0])  # butterfly, calendar/positivity/slopes
 
-        def res(z, k):
-            w, w1, w2 = G0 @ z, G1 @ z, G2 @ z
-            g = butterfly_g(yg, np.maximum(w, w_floor), w1, w2)
-            s_lo, s_hi = E1 @ z
-            parts = [A @ z - rhs, np.sqrt(lam) * z[2:], k[0] * scale * np.maximum(0.0, G_MARGIN - g),
-                     k[1] * wscale * np.maximum(0.0, 1.01 * w_floor - w),
-                     k[1] * scale * np.maximum(0.0, [s_lo, -SLOPE_MAX - s_lo, -s_hi, s_hi - SLOPE_MAX])]
-            if w_prev is not None:
-                parts.append(k[1] * wscale * np.maximum(0.0, w_prev - w))
-            return np.concatenate(parts)
-
-        def jac(z, k):
-            w, w1, w2 = G0 @ z, G1 @ z, G2 @ z
-            wp = np.maximum(w, w_floor)
-            g, g_w, g_w1, g_w2 = _g_and_grad(yg, wp, w1, w2)
-            act = ((G_MARGIN - g) > 0)[:, None]
-            s_lo, s_hi = E1 @ z
-            sl = np.array([s_lo, -SLOPE_MAX - s_lo, -s_hi, s_hi - SLOPE_MAX]) > 0
-            parts = [A, np.sqrt(lam) * Pz,
-                     -k[0] * scale * act * (g_w[:, None] * G0 + g_w1[:, None] * G1 + g_w2 * G2),
-                     -k[1] * wscale * G0 * ((1.01 * w_floor - w) > 0)[:, None],
-                     k[1] * scale * np.vstack([E1[0], -E1[0], -E1[1], E1[1]]) * sl[:, None]]
-            if w_prev is not None:
-                parts.append(-k[1] * wscale * G0 * ((w_prev - w) > 0)[:, None])
-            return np.vstack(parts)
+        res, jac = _penalised(A, rhs, lam, Pz, yg, G0, G1, G2, E1, w_prev, w_floor, scale, wscale)
 
         sol = None
         for _ in range(4):
@@ -186,6 +204,23 @@ def fit_smooth_slice(y, iv, wt, T: float, *, smoothing: float = 0.0, prev=None, 
         if sol is not None and sol.status <= 0:
             warnings.warn(f"smooth slice T={T:.4f}: optimiser stopped: {sol.message}", ConvergenceWarning,
                           stacklevel=2)
+    # relax the convexity (w'' < 0 is allowed where g stays positive): follow the quotes as closely as
+    # the butterfly / calendar penalties allow, starting from the convex solution; kept if it is clean
+    # and closer to the quotes
+    if not info["refined"] or (g_min >= 0 and gap <= 0):
+        res_r, jac_r = _penalised(A, rhs, lam, Pz, yg, G0, G1, G2, E1, w_prev, w_floor, scale, wscale)
+        k = np.array([30.0, 30.0])
+        zr = z
+        for _ in range(3):
+            sol = least_squares(res_r, zr, jac=jac_r, args=(k,), method="trf", x_scale="jac", max_nfev=200)
+            zr = sol.x
+            info["nfev"] += int(sol.nfev)
+            g_r, gap_r, w_r, slope_r = violations(zr)
+            if g_r >= 0 and gap_r <= 0 and w_r > w_floor and slope_r <= 0:
+                if np.sum((A @ zr - rhs) ** 2) < np.sum((A @ z - rhs) ** 2):
+                    z, info["relaxed"] = zr, True
+                break
+            k = k * 30.0
     lifted = 0.0
     if prev is not None:
         # a crossing between grid points, or what the penalty left: lift the level (a constant in w)

@@ -132,36 +132,53 @@ def quasi_explicit_start(y, w, wt, y_lo: float, y_hi: float) -> SVISlice | None:
     return best
 
 
-def _svi_jac(x, y):
-    """``(w, w', w'')`` of the slice with parameters ``x = (v, u, rho, m, sigma)`` at ``y`` and their
-    Jacobians in ``x`` (each (N, 5)), by the chain rule through ``b = 2u / (1 + |rho|)``,
+def _svi_jac(x, y, want_jac: bool = True):
+    """``(w, w', w'')`` of the slice with parameters ``x = (v, u, rho, m, sigma)`` at ``y`` and (when
+    ``want_jac``) their Jacobians in ``x`` (each (N, 5)), by the chain rule through ``b = 2u / (1 + |rho|)``,
     ``a = v - b sigma sqrt(1 - rho^2)``."""
     v, u, rho, m, sig = (float(t) for t in x)
-    sgn = np.sign(rho)
     ap = 1.0 + abs(rho)
     b = 2.0 * u / ap
     q = np.sqrt(1.0 - rho * rho)
     a = v - b * sig * q
     d = y - m
     R = np.sqrt(d * d + sig * sig)
-    R3 = R**3
+    iR = 1.0 / R
+    iR3 = iR**3
+    dR = d * iR
     w = a + b * (rho * d + R)
-    w1 = b * (rho + d / R)
-    w2 = b * sig * sig / R3
+    w1 = b * (rho + dR)
+    w2 = b * sig * sig * iR3
+    if not want_jac:
+        return (w, w1, w2), None
+    sgn = np.sign(rho)
     db_du, db_drho = 2.0 / ap, -2.0 * u * sgn / ap**2
     da_du, da_drho, da_dsig = -db_du * sig * q, -(db_drho * sig * q - b * sig * rho / q), -b * q
-    z = np.zeros_like(y)
-    # raw partials in (a, b, rho, m, sigma)
-    raw = (
-        (1.0 + z, rho * d + R, b * d, -b * (rho + d / R), b * sig / R),
-        (z, rho + d / R, b + z, -b * sig * sig / R3, -b * d * sig / R3),
-        (z, sig * sig / R3, z, 3.0 * b * sig * sig * d / R**5, b * sig * (2.0 / R3 - 3.0 * sig * sig / R**5)),
-    )
-    jacs = []
-    for f_a, f_b, f_rho, f_m, f_sig in raw:
-        jacs.append(np.column_stack([f_a, f_a * da_du + f_b * db_du, f_a * da_drho + f_b * db_drho + f_rho,
-                                     f_m, f_a * da_dsig + f_sig]))
-    return (w, w1, w2), jacs
+    n = len(y)
+    J0, J1, J2 = np.empty((n, 5)), np.empty((n, 5)), np.empty((n, 5))
+    # w: raw partials (1, rho d + R, b d, -b (rho + d/R), b sigma / R) in (a, b, rho, m, sigma)
+    f_b = rho * d + R
+    J0[:, 0] = 1.0
+    J0[:, 1] = da_du + f_b * db_du
+    J0[:, 2] = da_drho + f_b * db_drho + b * d
+    J0[:, 3] = -w1
+    J0[:, 4] = da_dsig + b * sig * iR
+    # w': (0, rho + d/R, b, -b sigma^2 / R^3, -b d sigma / R^3)
+    f_b = rho + dR
+    J1[:, 0] = 0.0
+    J1[:, 1] = f_b * db_du
+    J1[:, 2] = f_b * db_drho + b
+    J1[:, 3] = -b * sig * sig * iR3
+    J1[:, 4] = -b * d * sig * iR3
+    # w'': (0, sigma^2 / R^3, 0, 3 b sigma^2 d / R^5, b sigma (2 / R^3 - 3 sigma^2 / R^5))
+    f_b = sig * sig * iR3
+    iR5 = iR3 * iR * iR
+    J2[:, 0] = 0.0
+    J2[:, 1] = f_b * db_du
+    J2[:, 2] = f_b * db_drho
+    J2[:, 3] = 3.0 * b * sig * sig * d * iR5
+    J2[:, 4] = b * sig * (2.0 * iR3 - 3.0 * sig * sig * iR5)
+    return (w, w1, w2), (J0, J1, J2)
 
 
 def _g_partials(y, w, w1):
@@ -177,7 +194,8 @@ class _Block:
     grid, calendar penalties between neighbours (and against fixed ``lower`` / ``upper`` slices at the
     ends), optional prior penalty. Analytic dense Jacobian."""
 
-    def __init__(self, data, grids, Ts, *, lower=None, upper=None, upper_grid=None, priors=None, k_prior=0.0):
+    def __init__(self, data, grids, Ts, *, lower=None, upper=None, upper_grid=None, priors=None, k_prior=0.0,
+                 caps=None):
         self.data, self.grids, self.Ts = data, [np.asarray(g, float) for g in grids], list(Ts)
         self.n = len(data)
         self.scales = [np.sqrt(len(d[0]) / len(g)) * float(np.sqrt(np.mean(d[2] ** 2)))
@@ -185,8 +203,9 @@ class _Block:
         self.w_lower = lower.derivs(self.grids[0])[0] if lower is not None else None
         self.upper_grid = np.asarray(upper_grid, float) if upper is not None else None
         self.w_upper = upper.derivs(self.upper_grid)[0] if upper is not None else None
+        self.caps = caps or [None] * self.n
         self.k_prior = k_prior
-        self.v_prior = [np.sqrt(np.maximum(p.w(g), 0.0) / T) if (p is not None and k_prior) else None
+        self.v_prior = [np.sqrt(np.maximum(p.w(g), 0.0) / T) if (p is not None and k_prior > 0) else None
                         for p, g, T in zip(priors or [None] * self.n, self.grids, self.Ts)]
 
     def _parts(self, X, kg, kc, want_jac):
@@ -205,12 +224,14 @@ class _Block:
             x = X[5 * i: 5 * i + 5]
             y, iv, wt = self.data[i]
             T, yg, sc = self.Ts[i], self.grids[i], self.scales[i]
-            (w, _, _), (Jw, _, _) = _svi_jac(x, y)
+            (w, _, _), J = _svi_jac(x, y, want_jac)
+            Jw = J[0] if want_jac else None
             wq = np.maximum(w, 1e-12)
             vq = np.sqrt(wq / T)
             sq = np.sqrt(wt)
-            add(sq * (vq - iv), [(i, (sq / (2.0 * np.sqrt(wq * T)))[:, None] * Jw)])
-            (wg, wg1, wg2), (Jg0, Jg1, Jg2) = _svi_jac(x, yg)
+            add(sq * (vq - iv), [(i, (sq / (2.0 * np.sqrt(wq * T)))[:, None] * Jw)] if want_jac else None)
+            (wg, wg1, wg2), J = _svi_jac(x, yg, want_jac)
+            Jg0, Jg1, Jg2 = J if want_jac else (None, None, None)
             wp = np.maximum(wg, 1e-12)
             g = butterfly_g(yg, wp, wg1, wg2)
             act = (G_MARGIN - g) > 0
@@ -222,7 +243,8 @@ class _Block:
             dvg = (1.0 / (2.0 * np.sqrt(wp * T)))[:, None] * Jg0 if want_jac else None
             if i > 0 or self.w_lower is not None:
                 if i > 0:
-                    (wl, _, _), (Jl, _, _) = _svi_jac(X[5 * i - 5: 5 * i], yg)
+                    (wl, _, _), J = _svi_jac(X[5 * i - 5: 5 * i], yg, want_jac)
+                    Jl = J[0] if want_jac else None
                 else:
                     wl, Jl = self.w_lower, None
                 wl = np.maximum(wl, 1e-12)
@@ -236,14 +258,25 @@ class _Block:
                         cols.append((i - 1, (kc * sc) * a_ * (1.0 / (2.0 * np.sqrt(wl * T)))[:, None] * Jl))
                 add(kc * sc * np.maximum(0.0, r), cols)
             if i == n - 1 and self.w_upper is not None:
-                (wu, _, _), (Ju, _, _) = _svi_jac(x, self.upper_grid)
+                (wu, _, _), J = _svi_jac(x, self.upper_grid, want_jac)
+                Ju = J[0] if want_jac else None
                 wu = np.maximum(wu, 1e-12)
                 r = np.sqrt(wu / T) + 1e-5 - np.sqrt(np.maximum(self.w_upper, 0.0) / T)
                 a_ = (r > 0)[:, None]
                 add(kc * sc * np.maximum(0.0, r),
                     [(i, (kc * sc) * a_ * (1.0 / (2.0 * np.sqrt(wu * T)))[:, None] * Ju)] if want_jac else None)
+            if self.caps[i] is not None:
+                yc, wc = self.caps[i]
+                (wk, _, _), J = _svi_jac(x, yc, want_jac)
+                Jk = J[0] if want_jac else None
+                wk = np.maximum(wk, 1e-12)
+                r = np.sqrt(wk / T) - np.sqrt(wc / T)
+                a_ = (r > 0)[:, None]
+                add(kc * sc * np.maximum(0.0, r),
+                    [(i, (kc * sc) * a_ * (1.0 / (2.0 * np.sqrt(wk * T)))[:, None] * Jk)] if want_jac else None)
             if self.v_prior[i] is not None:
-                add(self.k_prior * sc * (vg - self.v_prior[i]), [(i, self.k_prior * sc * dvg)] if want_jac else None)
+                kp = self.k_prior * sc
+                add(kp * (vg - self.v_prior[i]), [(i, kp * dvg)] if want_jac else None)
         if want_jac:
             return np.vstack(jrows)
         return np.concatenate(rows)
@@ -259,23 +292,23 @@ class _Block:
         g_min, gap = np.inf, -np.inf
         for i in range(self.n):
             yg = self.grids[i]
-            wg, wg1, wg2 = _svi_jac(X[5 * i: 5 * i + 5], yg)[0]
+            wg, wg1, wg2 = _svi_jac(X[5 * i: 5 * i + 5], yg, False)[0]
             g_min = min(g_min, float(np.min(butterfly_g(yg, np.maximum(wg, 1e-12), wg1, wg2))))
             if i > 0:
-                gap = max(gap, float(np.max(_svi_jac(X[5 * i - 5: 5 * i], yg)[0][0] - wg)))
+                gap = max(gap, float(np.max(_svi_jac(X[5 * i - 5: 5 * i], yg, False)[0][0] - wg)))
             elif self.w_lower is not None:
                 gap = max(gap, float(np.max(self.w_lower - wg)))
             if i == self.n - 1 and self.w_upper is not None:
-                gap = max(gap, float(np.max(_svi_jac(X[5 * i: 5 * i + 5], self.upper_grid)[0][0] - self.w_upper)))
+                gap = max(gap, float(np.max(_svi_jac(X[5 * i: 5 * i + 5], self.upper_grid, False)[0][0] - self.w_upper)))
         return g_min, gap
 
-    def solve(self, X0, lb, ub, max_rounds: int = 4):
+    def solve(self, X0, lb, ub, max_rounds: int = 4, max_nfev: int = 100):
         """Bounded trust-region least squares; penalties x30 while violated. Returns ``(X, nfev, ok, msg)``."""
         kg, kc = 10.0, 10.0
         X, nfev, ok, msg = np.clip(X0, lb, ub), 0, True, ""
         for _ in range(max_rounds):
             sol = least_squares(self.resid, X, jac=self.jac, bounds=(lb, ub), args=(kg, kc), method="trf",
-                                x_scale="jac", xtol=1e-10, ftol=1e-10, gtol=1e-10, max_nfev=300)
+                                x_scale="jac", xtol=1e-7, ftol=1e-7, gtol=1e-7, max_nfev=max_nfev)
             X, nfev, ok, msg = sol.x, nfev + sol.nfev, bool(sol.status > 0), sol.message
             g_min, gap = self.violations(X)
             if g_min >= 0 and gap <= 0:
@@ -288,9 +321,13 @@ class _Block:
 
 
 def _slice_bounds(y) -> tuple[np.ndarray, np.ndarray]:
+    """Box for ``x = (v, u, rho, m, sigma)``. ``m`` (where the smile turns) stays within 0.1 of the
+    quoted range and ``sigma`` below twice its width: beyond that the data see one branch of the
+    hyperbola only, the fit degenerates (a valley in which the unquoted wing runs to Lee's bound)."""
     y_lo, y_hi = float(np.min(y)), float(np.max(y))
-    m_lo, m_hi = y_lo - 0.5 * (y_hi - y_lo) - 0.1, y_hi + 0.5 * (y_hi - y_lo) + 0.1
-    return np.array([1e-10, 1e-6, -RHO_MAX, m_lo, 1e-4]), np.array([np.inf, U_MAX, RHO_MAX, m_hi, 5.0])
+    width = max(y_hi - y_lo, 0.05)
+    return (np.array([1e-10, 1e-6, -RHO_MAX, y_lo - 0.1, 1e-4]),
+            np.array([np.inf, U_MAX, RHO_MAX, y_hi + 0.1, 2.0 * width]))
 
 
 @dataclass(frozen=True)
@@ -306,13 +343,17 @@ class SliceFitInfo:
     lifted: float
 
 
-def fit_svi_slice(y, iv, wt, T: float, *, y_grid, start: SVISlice | None = None, prev=None,
-                  prior: SVISlice | None = None, smoothing: float = 0.0) -> tuple[SVISlice, SliceFitInfo]:
+def fit_svi_slice(y, iv, wt, T: float, *, y_grid, start: SVISlice | None = None, prev=None, nxt=None,
+                  nxt_grid=None, cap=None, prior: SVISlice | None = None,
+                  smoothing: float = 0.0) -> tuple[SVISlice, SliceFitInfo]:
     """Fit one raw-SVI slice to implied vols with butterfly / calendar / prior penalties (module docstring).
 
     ``y, iv, wt`` (N,): log-moneyness, mid implied vols, weights (mean about 1; residuals in vol units);
     ``T`` years; ``y_grid`` (M,): where the penalties are evaluated; ``prev``: the previous expiry's slice
-    (anything with ``derivs``) for the calendar penalty; ``prior``: the SSVI pre-fit slice (start and
+    (anything with ``derivs``) for the calendar penalty from below; ``nxt``: the next expiry's slice, from
+    above, on ``nxt_grid``; ``cap``: ``(y_c, w_c)`` upper bounds on ``w`` (the next expiry's ask total
+    variances at its quotes: a slice that rose above them would force the next one out of its band);
+    ``prior``: the SSVI pre-fit slice (start and
     smoothing target). Both starts (prior, quasi-explicit) are solved; the lower cost wins.
     Returns the slice and a ``SliceFitInfo``.
     """
@@ -323,7 +364,8 @@ def fit_svi_slice(y, iv, wt, T: float, *, y_grid, start: SVISlice | None = None,
         return prior, SliceFitInfo(True, 0, "smoothing = 1: the SSVI slice", float(np.min(prior.g(yg))), 0.0,
                                    "prior", 0.0)
     k_prior = np.sqrt(s / (1.0 - s)) if (prior is not None and s > 0) else 0.0
-    block = _Block([(y, iv, wt)], [yg], [T], lower=prev, priors=[prior], k_prior=k_prior)
+    block = _Block([(y, iv, wt)], [yg], [T], lower=prev, upper=nxt, upper_grid=nxt_grid, priors=[prior],
+                   k_prior=k_prior, caps=[cap])
     lb, ub = _slice_bounds(y)
     starts = []
     if start is not None:
@@ -335,16 +377,17 @@ def fit_svi_slice(y, iv, wt, T: float, *, y_grid, start: SVISlice | None = None,
     if not starts:
         atm = float(np.interp(0.0, np.sort(y), (iv * iv * T)[np.argsort(y)]))
         starts.append(("flat", np.array([max(atm, 1e-6), 0.05, -0.3, 0.0, 0.1])))
+    # a short run from every start, then the best one to convergence
     best = None
     nfev = 0
     for name, x0 in starts:
-        X, nf, ok, msg = block.solve(x0, lb, ub)
+        X, nf, ok, msg = block.solve(x0, lb, ub, max_rounds=1, max_nfev=15)
         nfev += nf
-        g_min, gap = block.violations(X)
-        key = (g_min < 0 or gap > 0, block.cost(X))
-        if best is None or key < best[0]:
-            best = (key, name, X, ok, msg)
-    _, best_name, x0, ok, msg = best
+        if best is None or block.cost(X) < best[0]:
+            best = (block.cost(X), name, X)
+    _, best_name, X = best
+    x0, nf, ok, msg = block.solve(X, lb, ub)
+    nfev += nf
     sl = _from_x(x0)
     lifted, gap = 0.0, -np.inf
     if prev is not None:
@@ -360,45 +403,3 @@ def fit_svi_slice(y, iv, wt, T: float, *, y_grid, start: SVISlice | None = None,
     if not ok:
         warnings.warn(f"SVI slice T={T:.4f}: optimiser stopped: {msg}", ConvergenceWarning, stacklevel=2)
     return sl, SliceFitInfo(ok, nfev, str(msg), g_min, gap, best_name, lifted)
-
-
-def polish_joint(slices, data, grids, Ts, *, priors=None, smoothing: float = 0.0, lower=None, upper=None,
-                 upper_grid=None):
-    """Refit consecutive slices at once: their objectives plus calendar penalties between neighbours.
-
-    A slice fitted in sequence can only sit above the previous one; when the calendar constraint binds
-    the best compromise moves both (e.g. a quarterly expiry a few days after a monthly one). ``slices``:
-    starting ``SVISlice`` per expiry; ``data``: ``(y, iv, wt)`` per expiry; ``grids``: penalty grid per
-    expiry (covering its range and the previous one's); ``Ts``: expiries; ``lower`` / ``upper``: fixed
-    neighbouring slices (``upper_grid``: the upper one's grid). Returns ``(slices, nfev, success)``.
-    """
-    n = len(slices)
-    s = float(np.clip(smoothing, 0.0, 1.0))
-    k_prior = np.sqrt(s / (1.0 - s)) if 0 < s < 1 else 0.0
-    block = _Block(data, grids, Ts, lower=lower, upper=upper, upper_grid=upper_grid, priors=priors, k_prior=k_prior)
-    bnds = [_slice_bounds(d[0]) for d in data]
-    lb = np.concatenate([b[0] for b in bnds])
-    ub = np.concatenate([b[1] for b in bnds])
-    X0 = np.concatenate([_to_x(sl) for sl in slices])
-    X, nfev, ok, _ = block.solve(X0, lb, ub, max_rounds=3)
-    return [_from_x(X[5 * i: 5 * i + 5]) for i in range(n)], nfev, ok
-
-
-def lift_calendar(slices, grids, lower=None):
-    """Remove what is left of calendar crossings, in increasing ``T``: lift slice ``i``'s level ``a`` by
-    the largest shortfall below slice ``i - 1`` (or ``lower`` for the first) on a fine version of its
-    grid. Returns ``(slices, lifts)``."""
-    out, lifts = [], []
-    below = lower
-    for sl, g in zip(slices, grids):
-        lift = 0.0
-        if below is not None:
-            yf = np.linspace(g[0], g[-1], 20 * len(g))
-            gap = float(np.max(below.derivs(yf)[0] - sl.w(yf)))
-            lift = gap + 1e-10 if gap > 0 else 0.0
-        if lift:
-            sl = SVISlice(a=sl.a + lift, b=sl.b, rho=sl.rho, m=sl.m, sigma=sl.sigma)
-        out.append(sl)
-        lifts.append(lift)
-        below = sl
-    return out, lifts

@@ -25,14 +25,18 @@ EXCEPTION = '[data-testid="stException"]'
 ERROR = '[data-testid="stAlertContentError"]'
 
 
+_BUSY_JS = """() => {
+  const s = document.querySelector('[data-testid="stStatusWidget"]');
+  return !!(s && s.innerText.includes('Running')) || !!document.querySelector('[data-testid="stSpinner"]');
+}"""
+
+
 def settle(page, timeout: float = 60.0) -> None:
     """Wait until the script run is over: no 'running' status widget and no spinner for 1.5 s."""
     deadline = time.time() + timeout
     quiet_since = None
     while time.time() < deadline:
-        status = page.locator('[data-testid="stStatusWidget"]')
-        running = status.count() > 0 and "Running" in status.first.inner_text()
-        busy = running or page.locator('[data-testid="stSpinner"]').count() > 0
+        busy = page.evaluate(_BUSY_JS)
         if busy:
             quiet_since = None
         elif quiet_since is None:
@@ -56,6 +60,16 @@ def no_exception(page) -> None:
     body = page.inner_text("body")
     assert "Traceback" not in body
     assert "Something went wrong" not in body, body[:2000]
+
+
+def shot(page, path: Path) -> None:
+    """Screenshot of the whole page: Streamlit scrolls inside its own container, so grow the viewport."""
+    height = page.evaluate("() => (document.querySelector('[data-testid=\"stMain\"]') || document.body).scrollHeight")
+    page.set_viewport_size({"width": 1600, "height": int(min(max(height, 1000), 4000))})
+    page.wait_for_timeout(1200)
+    settle(page)
+    page.screenshot(path=str(path))
+    page.set_viewport_size({"width": 1600, "height": 1000})
 
 
 def open_page(page, url: str, name: str) -> None:
@@ -82,9 +96,9 @@ def test_surfaces_draw_in_webgl(page, app_url, artifacts):
         share = colourful_share(charts.nth(i).screenshot())
         assert share > 0.05, f"3D chart {i} looks blank ({share:.1%} coloured pixels)"
     no_exception(page)
-    page.screenshot(path=str(artifacts / "1_surfaces.png"), full_page=True)
     (ROOT / "docs").mkdir(exist_ok=True)
     page.screenshot(path=str(ROOT / "docs" / "screenshot.png"))
+    shot(page, artifacts / "1_surfaces.png")
 
 
 def test_clip_band_changes_the_heatmap(page, app_url, artifacts):
@@ -111,7 +125,7 @@ def test_clip_band_changes_the_heatmap(page, app_url, artifacts):
     assert before != after
     assert "clipped at the band's floor" in page.inner_text("body")
     no_exception(page)
-    page.screenshot(path=str(artifacts / "1_surfaces_clipped.png"), full_page=True)
+    shot(page, artifacts / "1_surfaces_clipped.png")
 
 
 @pytest.mark.parametrize("name", ["Home", "Smiles", "Arbitrage", "Validation", "Data"])
@@ -122,7 +136,7 @@ def test_every_page_renders(page, app_url, artifacts, name):
         page.wait_for_timeout(1000)
     no_exception(page)
     assert page.locator(ERROR).count() == 0
-    page.screenshot(path=str(artifacts / f"{list(PAGES).index(name)}_{name.lower()}.png"), full_page=True)
+    shot(page, artifacts / f"{list(PAGES).index(name)}_{name.lower()}.png")
 
 
 def test_upload_cboe_then_junk(page, app_url, artifacts, tmp_path):
@@ -145,7 +159,7 @@ def test_upload_cboe_then_junk(page, app_url, artifacts, tmp_path):
     page.wait_for_selector(CHARTS)
     assert "Uploaded file: demo_cboe.csv" in page.inner_text("body")
     no_exception(page)
-    page.screenshot(path=str(artifacts / "upload_cboe_surfaces.png"), full_page=True)
+    shot(page, artifacts / "upload_cboe_surfaces.png")
 
     page.locator('[data-testid="stSidebar"] input[type=file]').set_input_files(str(junk))
     page.wait_for_selector(ERROR, timeout=30_000)
@@ -153,7 +167,7 @@ def test_upload_cboe_then_junk(page, app_url, artifacts, tmp_path):
     text = page.locator(ERROR).first.inner_text()
     assert "not an option chain" in text or "could not" in text.lower(), text
     no_exception(page)
-    page.screenshot(path=str(artifacts / "upload_junk.png"), full_page=True)
+    shot(page, artifacts / "upload_junk.png")
 
 
 def test_network_failure_is_a_message(page, app_url, artifacts):
@@ -171,7 +185,7 @@ def test_network_failure_is_a_message(page, app_url, artifacts):
     assert "No network" in body
     assert page.get_by_role("button", name="Use the demo market").count() == 1
     no_exception(page)
-    page.screenshot(path=str(artifacts / "yahoo_offline.png"), full_page=True)
+    shot(page, artifacts / "yahoo_offline.png")
     page.get_by_role("button", name="Use the demo market").click()
     settle(page)
     assert "Demo market" in page.inner_text("body")
