@@ -97,10 +97,11 @@ def render(rows: list[dict], info: dict, quick: bool) -> str:
         f"- machine: {info['nproc']} CPUs (`nproc`), {info['cpu']}, {info['platform']}",
         f"- Python {info['python']}, numpy {info['numpy']}" + (f", scipy {info['scipy']}" if "scipy" in info else ""),
         "- single-threaded (OMP/BLAS threads = 1)" + ("; QUICK mode (small sizes)" if quick else ""),
+        f"- load average at the start: {info.get('load', '?')} (other processes share the CPUs: wall times)",
         "",
     ]
     payload = json.dumps([{k: _jsonable(v) for k, v in r.items()} for r in rows])
-    return "\n".join(head) + format_table(rows) + "\n\n" + f"{_ROWS_MARK} {payload} -->\n"
+    return "\n".join(head) + "\n" + format_table(rows) + "\n\n" + f"{_ROWS_MARK} {payload} -->\n"
 
 
 def main(argv: list[str] | None = None) -> int:

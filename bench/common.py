@@ -119,6 +119,10 @@ def machine_info() -> dict:
         "numpy": np.__version__,
     }
     try:
+        info["load"] = " ".join(f"{v:.1f}" for v in os.getloadavg())
+    except OSError:  # pragma: no cover - not on every platform
+        pass
+    try:
         import scipy
 
         info["scipy"] = scipy.__version__

@@ -75,5 +75,5 @@ with messages.page_guard():
     mass = np.trapezoid(np.nan_to_num(dens), K, axis=1)
     st.caption("Density p(K) = (d2C/dK2) / D from the fitted surface (closed form in total variance). "
                "Mass within the plotted strikes per expiry: "
-               + ", ".join(f"{e} {m:.2f}" for e, m in zip(Te.index, mass)) + ". Negative density would be "
+               + ", ".join(f"{e} {m:.2f}" for e, m in zip(Te.index, mass, strict=True)) + ". Negative density would be "
                "butterfly arbitrage (drawn in red).")

@@ -59,22 +59,40 @@ class Selection:
 
 
 # ------------------------------------------------------------------------------------------ state
-def _keep(key: str) -> str:
-    """A sidebar widget's key, its default put in the session state on first use. The widgets are
-    created with ``persist_state="session"``, so Streamlit keeps their values across page switches."""
-    if key not in st.session_state and key in DEFAULTS:
+def _save(key: str) -> None:
+    """``on_change`` of every sidebar widget: copy its value to the session's own ``desk.<key>``."""
+    st.session_state[f"desk.{key}"] = st.session_state[key]
+
+
+def _keep(key: str) -> dict:
+    """Widget keyword arguments (``key``, ``on_change``) that keep its value across pages.
+
+    Streamlit drops a widget's state when a page without that widget runs, and a page switch
+    runs the new page's script from the top; so the value lives under ``desk.<key>`` (plain session
+    state, never cleaned) and is put back before the widget is created.
+    """
+    store = f"desk.{key}"
+    if store in st.session_state:
+        st.session_state[key] = st.session_state[store]
+    elif key not in st.session_state and key in DEFAULTS:
         st.session_state[key] = DEFAULTS[key]
-    return key
+    return {"key": key, "on_change": _save, "args": (key,)}
+
+
+def _set(key: str, value) -> None:
+    """Set a sidebar widget's value from code (before the widget is created in this run)."""
+    st.session_state[key] = value
+    st.session_state[f"desk.{key}"] = value
 
 
 def use_demo() -> None:
     """Callback of the 'use the demo market' buttons."""
-    st.session_state["source"] = SOURCES[0]
+    _set("source", SOURCES[0])
 
 
 def use_snapshots() -> None:
     """Callback of the 'open a saved snapshot' buttons."""
-    st.session_state["source"] = SOURCES[3]
+    _set("source", SOURCES[3])
 
 
 def _offer_fallbacks(where) -> None:
@@ -128,9 +146,9 @@ def _snapshot(sb) -> tuple[QuoteChain, str, tuple] | None:
     for info in snaps:
         label = getattr(info, "label", None) or str(getattr(info, "path", info))
         labels[f"{label} - {str(getattr(info, 'path', info)).split('/')[-1]}"] = info
-    if st.session_state.get("snapshot") not in labels:
-        st.session_state["snapshot"] = next(iter(labels))
-    choice = sb.selectbox("Saved snapshot", list(labels), key="snapshot", persist_state="session",
+    if st.session_state.get("desk.snapshot", st.session_state.get("snapshot")) not in labels:
+        _set("snapshot", next(iter(labels)))
+    choice = sb.selectbox("Saved snapshot", list(labels), **_keep("snapshot"),
                           help="Every successful Yahoo download is saved here; unreadable files are listed, never deleted.")
     info = labels[choice]
     path = str(getattr(info, "path", info))
@@ -145,7 +163,7 @@ def _snapshot(sb) -> tuple[QuoteChain, str, tuple] | None:
 
 
 def _yahoo(sb) -> tuple[QuoteChain, str, tuple] | None:
-    text = sb.text_input("Ticker", key=_keep("ticker"), persist_state="session", placeholder="e.g. SPY, AAPL, ^SPX",
+    text = sb.text_input("Ticker", **_keep("ticker"), placeholder="e.g. SPY, AAPL, ^SPX",
                          help="A Yahoo Finance symbol with listed options.")
     if not text.strip():
         st.info("Type a ticker in the sidebar (e.g. SPY), pick expiries and press **Download chain**.")
@@ -162,11 +180,11 @@ def _yahoo(sb) -> tuple[QuoteChain, str, tuple] | None:
         _fail(exc)
     if not listed:
         _fail(NoOptionsError(f"{ticker} lists no option expiries"))
-    if st.session_state.get("keep.yahoo_for") != ticker or any(e not in listed for e in st.session_state.get("yahoo_pick", [])):
+    if st.session_state.get("keep.yahoo_for") != ticker or any(e not in listed for e in st.session_state.get("desk.yahoo_pick", [])):
         horizon = pd.Timestamp.now().normalize() + pd.Timedelta(days=730)
-        st.session_state["yahoo_pick"] = [e for e in listed if pd.Timestamp(e) <= horizon][:12]
+        _set("yahoo_pick", [e for e in listed if pd.Timestamp(e) <= horizon][:12])
         st.session_state["keep.yahoo_for"] = ticker
-    pick = sb.multiselect("Expiries to download", listed, key="yahoo_pick", persist_state="session",
+    pick = sb.multiselect("Expiries to download", listed, **_keep("yahoo_pick"),
                           help="Each expiry is one request to Yahoo; 8-12 expiries take a few seconds.")
     chains: dict = st.session_state.setdefault("keep.yahoo_chains", {})
     if sb.button("Download chain", key="yahoo_download", type="primary", disabled=not pick):
@@ -205,7 +223,7 @@ def sidebar() -> Selection:
     source cannot deliver or a setting is unusable."""
     sb = st.sidebar
     sb.markdown("### Data")
-    source = sb.radio("Data source", SOURCES, key=_keep("source"), persist_state="session",
+    source = sb.radio("Data source", SOURCES, **_keep("source"),
                       help="The demo market works offline; Yahoo needs a network; uploads stay in this session.")
     loaded = None
     kind = {"Demo market": "demo", "Yahoo Finance": "yahoo", "Upload file": "upload", "Saved snapshot": "snapshot"}[source]
@@ -249,21 +267,21 @@ def _state_line(sb, chain: QuoteChain, label: str) -> None:
 
 def _settings(sb, chain: QuoteChain, key: str, kind: str, ident: tuple) -> pipeline.Settings:
     sb.markdown("### Calibration")
-    method = sb.selectbox("Method", list(METHODS), format_func=METHODS.get, key=_keep("method"), persist_state="session",
+    method = sb.selectbox("Method", list(METHODS), format_func=METHODS.get, **_keep("method"),
                           help="SSVI is arbitrage-free by construction; the naive methods differentiate "
                                "prices numerically (what the seed scripts do) for comparison.")
-    smoothing = sb.slider("Smoothing", 0.0, 1.0, step=0.05, key=_keep("smoothing"), persist_state="session",
+    smoothing = sb.slider("Smoothing", 0.0, 1.0, step=0.05, **_keep("smoothing"),
                           help="0 follows the quotes as closely as no-arbitrage allows; 1 is strongly regularised.")
-    clip = sb.slider("Local-vol clip band (%)", 0, 300, step=1, key=_keep("clip"), persist_state="session",
+    clip = sb.slider("Local-vol clip band (%)", 0, 300, step=1, **_keep("clip"),
                      help="Local vol outside this band is clipped to it and the cells are flagged.")
     with sb.expander("Rates and quote filters"):
-        override = st.checkbox("Override r and q (else from put-call parity)", key=_keep("rates_override"), persist_state="session")
-        r = st.number_input("r (% a year)", -5.0, 20.0, step=0.25, key=_keep("r"), persist_state="session", disabled=not override)
-        q = st.number_input("q, dividend yield (% a year)", -5.0, 20.0, step=0.25, key=_keep("q"), persist_state="session", disabled=not override)
-        max_spread = st.slider("Max spread / mid", 0.05, 2.0, step=0.05, key=_keep("max_spread"), persist_state="session",
+        override = st.checkbox("Override r and q (else from put-call parity)", **_keep("rates_override"))
+        r = st.number_input("r (% a year)", -5.0, 20.0, step=0.25, **_keep("r"), disabled=not override)
+        q = st.number_input("q, dividend yield (% a year)", -5.0, 20.0, step=0.25, **_keep("q"), disabled=not override)
+        max_spread = st.slider("Max spread / mid", 0.05, 2.0, step=0.05, **_keep("max_spread"),
                                help="Quotes with a wider bid/ask relative to the mid are not used.")
-        min_vol = st.number_input("Min volume", 0, 1_000_000, step=1, key=_keep("min_volume"), persist_state="session")
-        min_oi = st.number_input("Min open interest", 0, 1_000_000, step=1, key=_keep("min_oi"), persist_state="session")
+        min_vol = st.number_input("Min volume", 0, 1_000_000, step=1, **_keep("min_volume"))
+        min_oi = st.number_input("Min open interest", 0, 1_000_000, step=1, **_keep("min_oi"))
     lo, hi = clip
     if not hi > lo:
         raise InputError("the clip band is empty: move the upper handle above the lower one")
@@ -279,13 +297,16 @@ def _settings(sb, chain: QuoteChain, key: str, kind: str, ident: tuple) -> pipel
         _fail(exc)
     available = sorted(prep.quotes["expiry"].dt.strftime("%Y-%m-%d").unique())
     default = list(prep.expiries)
-    if st.session_state.get("keep.expiries_for") != key or any(e not in available for e in st.session_state.get("expiries", [])):
-        st.session_state["expiries"] = default
+    current = st.session_state.get("desk.expiries")
+    if st.session_state.get("keep.expiries_for") != key or current is None or any(e not in available for e in current):
+        _set("expiries", default)
         st.session_state["keep.expiries_for"] = key
-    elif "expiries" not in st.session_state:
-        st.session_state["expiries"] = default
-    chosen = sb.multiselect("Expiries to fit", available, key="expiries", persist_state="session",
+    chosen = sb.multiselect("Expiries to fit", available, **_keep("expiries"),
                             help="Default: every expiry with enough usable quotes up to 2.5 years.")
+    if not default and len(chosen) < 2:
+        st.warning("No expiry has enough usable quotes with these quote filters: relax max spread, min volume "
+                   "or min open interest in the sidebar (see the Data page for the reason of each quote).")
+        st.stop()
     if len(chosen) < 2:
         st.warning("Select at least two expiries in the sidebar: local vol needs a term structure.")
         st.stop()

@@ -53,7 +53,7 @@ def flag_text(flags: Mapping[str, np.ndarray] | None, shape: tuple[int, int]) ->
         if m is None:
             continue
         m = np.broadcast_to(np.asarray(m, dtype=bool), shape)
-        for i, j in zip(*np.nonzero(m)):
+        for i, j in zip(*np.nonzero(m), strict=True):
             out[i, j] = f"{out[i, j]}, {name}" if out[i, j] else name
     return out
 
@@ -268,7 +268,7 @@ def densities(K, labels: Sequence[str], dens, *, title: str = "Risk-neutral dens
     K = np.asarray(K, float)
     dens = np.atleast_2d(np.asarray(dens, float))
     fig = go.Figure()
-    for lab, d in zip(labels, dens):
+    for lab, d in zip(labels, dens, strict=False):
         fig.add_trace(go.Scatter(x=K, y=d, mode="lines", name=str(lab),
                                  hovertemplate=f"{lab}<br>{xlabel} %{{x:.4g}}<br>density %{{y:.3g}}<extra></extra>"))
         neg = np.where(d < 0, d, np.nan)

@@ -14,7 +14,7 @@ tight quotes cannot dominate; a missing bid vol (zero bid) counts as 0. ``"vega"
 Smoothing ``s`` in [0, 1] (0 = follow the quotes as closely as arbitrage allows, 1 = strongly
 regularised): SSVI pulls the ATM term structure towards a parametric ``theta(T)`` (weight ``s/(1-s)``;
 at 1 the parametric curve itself); SVI pulls each slice towards the SSVI pre-fit slice (weight
-``s/(1-s)``; at 1 the SSVI slices); smooth sets the spline's curvature penalty ``10^(-4 + 5 s)``
+``s/(1-s)``; at 1 the SSVI slices); smooth sets the spline's curvature penalty ``10^(-5 + 6 s)``
 relative to the data term.
 """
 from __future__ import annotations
@@ -140,7 +140,7 @@ def check_arbitrage(surface: VolSurface, T_nodes, n_y: int = 121, n_sub: int = 4
     """Count grid points with ``g < 0`` or ``w_T < 0`` inside the quoted range (expiries and ``n_sub - 1``
     times between consecutive ones; ``n_y`` values of ``y`` across ``y_quoted(T)``)."""
     Tn = np.asarray(T_nodes, float)
-    Ts = [Tn[0] * np.array([0.25, 0.5, 0.75])] + [np.linspace(a, b, n_sub + 1)[:-1] for a, b in zip(Tn[:-1], Tn[1:])]
+    Ts = [Tn[0] * np.array([0.25, 0.5, 0.75])] + [np.linspace(a, b, n_sub + 1)[:-1] for a, b in zip(Tn[:-1], Tn[1:], strict=False)]
     Tg = np.unique(np.r_[np.concatenate(Ts), Tn])
     lo, hi = surface.y_quoted(Tg)
     lo = np.where(np.isfinite(lo), lo, -1.0)
@@ -329,7 +329,7 @@ def _fit_svi(keys, Tn, y, iv, wt, idx, s, y_lo, y_hi, failed, notes, ask=None):
     if not slices:
         raise FitError("no expiry could be fitted with SVI: " + "; ".join(failed))
     params = {}
-    for k, sl, info, T, g in zip(keys_ok, slices, infos, T_ok, grids):
+    for k, sl, info, T, g in zip(keys_ok, slices, infos, T_ok, grids, strict=False):
         if info.lifted > 0:
             notes.append(f"{k}: SVI level lifted by {info.lifted:.2e} in total variance to stay above the previous expiry")
         params[k] = {"T": T, **sl.to_dict(), "g_min": float(np.min(sl.g(np.linspace(g[0], g[-1], 2001)))),

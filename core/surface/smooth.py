@@ -1,25 +1,30 @@
-"""Non-parametric slices: a convex penalised cubic spline in total variance per expiry.
+"""Non-parametric slices: a penalised cubic spline in total variance per expiry, checked for arbitrage.
 
 Per expiry, ``w(y) = sum_j c_j B_j(y)`` on cubic B-splines with uniform knots over the quoted range
-``[y_lo, y_hi]`` (about one segment per four quotes, 2 to 12 segments), minimising the P-spline
-objective (Eilers & Marx 1996)
+``[y_lo, y_hi]`` (one segment per two quotes, 2 to 12 segments), minimising the P-spline objective
+(Eilers & Marx 1996)
 
     sum_i wt_i (w(y_i) - w_i)^2 / (2 sigma_i T)^2  +  lam ||Delta^2 c||^2
 
-(a vol-scaled data term, ``dw = 2 sigma T dsigma``, plus the second-difference penalty) subject to
-``Delta^2 c >= 0``: with uniform knots this makes ``w`` convex in ``y`` (a convex regression), which
-removes the usual cause of butterfly arbitrage (``w'' < 0``). The problem is solved as a bounded
-linear least-squares problem in ``z = (c_0, c_1 - c_0, Delta^2 c)`` (``scipy.optimize.lsq_linear``).
-Smoothing ``s`` in [0, 1] sets ``lam = 10^(-4 + 5 s)`` times the mean diagonal of the data term:
-``s = 0`` follows the quotes, ``s = 1`` is nearly linear in ``y``.
+(a vol-scaled data term, ``dw = 2 sigma T dsigma``, plus the second-difference penalty). Smoothing
+``s`` in [0, 1] sets ``lam = 10^(-5 + 6 s)`` times the mean diagonal of the data term: ``s = 0`` follows
+the quotes, ``s = 1`` is nearly linear in ``y``.
 
-Outside the quoted range the slice extends linearly with its end slope (C1; ``w'' = 0`` there).
-If the solution still has ``g < 1e-4`` somewhere on a ``y`` grid covering the range and part of the
-extensions, crosses the previous expiry (calendar), or has an end slope outside Lee's bounds
-(``0 <= w'(y_hi) <= 1.98``, ``-1.98 <= w'(y_lo) <= 0``), it is refined by ``least_squares`` with penalty
-residuals for those conditions (analytic Jacobian through ``dg/dw``, ``dg/dw'``, ``dg/dw''``), penalties
-x30 while violated; a calendar crossing left over is removed by lifting the level. What remains is
-reported in the fit's warnings. Slices are joined in ``T`` by ``core.surface.interp``.
+Two stages. (1) A convex regression: the same objective under ``Delta^2 c >= 0`` (with uniform knots,
+``w`` convex in ``y``), solved as bounded linear least squares in ``z = (c_0, c_1 - c_0, Delta^2 c)``
+(``scipy.optimize.lsq_linear``); convexity removes the usual cause of butterfly arbitrage (``w'' < 0``).
+(2) Convexity dropped, penalty residuals added for ``g < G_MARGIN`` on a ``y`` grid (the range, 12
+points per knot segment, and a little beyond), calendar crossings with the previous expiry, ``w <= 0``
+and end slopes beyond Lee's bound ``|w'| <= 1.98``; Levenberg-Marquardt from the convex solution with
+an analytic Jacobian (``dg/dw``, ``dg/dw'``, ``dg/dw''`` in closed form), penalties x30 while violated.
+Stage 2 is kept when it is clean and closer to the quotes (or less violating than a non-clean stage 1).
+A calendar crossing left between grid points is removed by lifting the level; what remains is reported
+in the fit's warnings.
+
+Extrapolation in ``y`` (``SplineSlice.derivs``): linear with the end slope where that slope points away
+from zero variance (``w' >= 0`` on the right, ``<= 0`` on the left; C1, ``w'' = 0``), otherwise
+saturating, ``w_end + s L tanh(u / L)`` with ``L = w_end / (2 |s|)`` (C1, tends to ``w_end / 2 > 0``).
+Slices are joined in ``T`` by ``core.surface.interp``.
 """
 from __future__ import annotations
 
@@ -97,9 +102,10 @@ def _g_and_grad(y, w, w1, w2):
     return g, g_w, g_w1, 0.5
 
 
-def _penalised(A, rhs, lam, Pz, yg, G0, G1, G2, E1, w_prev, w_floor, scale, wscale):
+def _penalised(A, rhs, lam, Pz, yg, G0, G1, G2, E1, w_prev, w_floor, scale, wscale, mix=()):
     """Residuals and analytic Jacobian of the penalised spline problem in ``z``: data, smoothness,
-    butterfly (``g >= G_MARGIN`` on ``yg``), positivity, Lee-bounded end slopes, calendar."""
+    butterfly (``g >= G_MARGIN`` on ``yg``, also for the blends ``(1 - t) w_before + t w`` in ``mix``:
+    ``(t, w_b, w_b', w_b'')``), positivity, Lee-bounded end slopes, calendar."""
 
     def res(z, k):
         w, w1, w2 = G0 @ z, G1 @ z, G2 @ z
@@ -110,6 +116,9 @@ def _penalised(A, rhs, lam, Pz, yg, G0, G1, G2, E1, w_prev, w_floor, scale, wsca
                  k[1] * scale * np.maximum(0.0, [s_lo - SLOPE_MAX, -SLOPE_MAX - s_lo, -s_hi - SLOPE_MAX, s_hi - SLOPE_MAX])]
         if w_prev is not None:
             parts.append(k[1] * wscale * np.maximum(0.0, w_prev - w))
+        for t, b0, b1, b2 in mix:
+            gt = butterfly_g(yg, np.maximum((1 - t) * b0 + t * w, w_floor), (1 - t) * b1 + t * w1, (1 - t) * b2 + t * w2)
+            parts.append(k[0] * scale * np.maximum(0.0, G_MARGIN - gt))
         return np.concatenate(parts)
 
     def jac(z, k):
@@ -125,6 +134,11 @@ def _penalised(A, rhs, lam, Pz, yg, G0, G1, G2, E1, w_prev, w_floor, scale, wsca
                  k[1] * scale * np.vstack([E1[0], -E1[0], -E1[1], E1[1]]) * sl[:, None]]
         if w_prev is not None:
             parts.append(-k[1] * wscale * G0 * ((w_prev - w) > 0)[:, None])
+        for t, b0, b1, b2 in mix:
+            gt, gt_w, gt_w1, gt_w2 = _g_and_grad(yg, np.maximum((1 - t) * b0 + t * w, w_floor),
+                                                 (1 - t) * b1 + t * w1, (1 - t) * b2 + t * w2)
+            act_t = ((G_MARGIN - gt) > 0)[:, None]
+            parts.append(-k[0] * scale * t * act_t * (gt_w[:, None] * G0 + gt_w1[:, None] * G1 + gt_w2 * G2))
         return np.vstack(parts)
 
     return res, jac
@@ -171,56 +185,54 @@ def fit_smooth_slice(y, iv, wt, T: float, *, smoothing: float = 0.0, prev=None, 
     G2 = np.where(out, 0.0, Bg2) @ L
     E1 = _basis(t, np.array([lo, hi]), 1) @ L  # end slopes
     w_prev = prev.derivs(yg)[0] * (1 + 1e-7) if prev is not None else None
+    # the surface between this expiry and the previous one (or T = 0) blends the two slices: keep the
+    # blends butterfly-free too (linear blends at t = 1/4, 1/2, 3/4 as a proxy for the T-interpolation)
+    before = prev.derivs(yg) if prev is not None else (np.zeros_like(yg),) * 3
+    mix = [(t, *before) for t in (0.25, 0.5, 0.75)]
     w_floor = 1e-3 * float(np.min(w_mid))
     scale = np.sqrt(len(y) / len(yg)) * float(np.sqrt(np.mean(wt)))  # g and slopes are dimensionless
     wscale = scale / (2.0 * float(np.mean(iv)) * T)                     # w gaps in vol units
 
     def violations(z):
-        w = G0 @ z
-        g = butterfly_g(yg, np.maximum(w, w_floor), G1 @ z, G2 @ z)
+        w, w1, w2 = G0 @ z, G1 @ z, G2 @ z
+        g = butterfly_g(yg, np.maximum(w, w_floor), w1, w2)
+        for t, b0, b1, b2 in mix:
+            g = np.minimum(g, butterfly_g(yg, np.maximum((1 - t) * b0 + t * w, w_floor), (1 - t) * b1 + t * w1,
+                                          (1 - t) * b2 + t * w2))
         s_lo, s_hi = E1 @ z
         slope_bad = max(abs(s_lo), abs(s_hi)) - SLOPE_MAX
         gap = float(np.max(w_prev - w)) if w_prev is not None else -np.inf
         return float(np.min(g)), gap, float(np.min(w)), slope_bad
 
-    g_min, gap, w_min, slope_bad = violations(z)
-    info = {"refined": False, "relaxed": False, "nfev": 0, "lam": float(lam), "n_basis": int(nb)}
-    if not (g_min >= 0 and gap <= 0 and w_min > w_floor and slope_bad <= 0):
-        k = np.array([30.0, 30.0])  # butterfly, calendar/positivity/slopes
+    info = {"relaxed": False, "nfev": 0, "lam": float(lam), "n_basis": int(nb)}
 
-        res, jac = _penalised(A, rhs, lam, Pz, yg, G0, G1, G2, E1, w_prev, w_floor, scale, wscale)
+    def clean(v):
+        return v[0] >= 0 and v[1] <= 0 and v[2] > w_floor and v[3] <= 0
 
-        sol = None
-        for _ in range(4):
-            sol = least_squares(res, z, jac=jac, bounds=(lb, np.inf), args=(k,), method="trf", x_scale="jac",
-                                max_nfev=300)
-            z = sol.x
-            info["nfev"] += int(sol.nfev)
-            g_min, gap, w_min, slope_bad = violations(z)
-            if g_min >= 0 and gap <= 0 and w_min > w_floor and slope_bad <= 0:
-                break
-            k = k * np.array([30.0 if g_min < 0 else 1.0, 30.0 if (gap > 0 or slope_bad > 0) else 1.0])
-        info["refined"] = True
-        if sol is not None and sol.status <= 0:
-            warnings.warn(f"smooth slice T={T:.4f}: optimiser stopped: {sol.message}", ConvergenceWarning,
-                          stacklevel=2)
-    # relax the convexity (w'' < 0 is allowed where g stays positive): follow the quotes as closely as
-    # the butterfly / calendar penalties allow, starting from the convex solution; kept if it is clean
-    # and closer to the quotes
-    if not info["refined"] or (g_min >= 0 and gap <= 0):
-        res_r, jac_r = _penalised(A, rhs, lam, Pz, yg, G0, G1, G2, E1, w_prev, w_floor, scale, wscale)
-        k = np.array([30.0, 30.0])
-        zr = z
-        for _ in range(3):
-            sol = least_squares(res_r, zr, jac=jac_r, args=(k,), method="trf", x_scale="jac", max_nfev=200)
-            zr = sol.x
-            info["nfev"] += int(sol.nfev)
-            g_r, gap_r, w_r, slope_r = violations(zr)
-            if g_r >= 0 and gap_r <= 0 and w_r > w_floor and slope_r <= 0:
-                if np.sum((A @ zr - rhs) ** 2) < np.sum((A @ z - rhs) ** 2):
-                    z, info["relaxed"] = zr, True
-                break
-            k = k * 30.0
+    def badness(v):
+        return max(-v[0], 0.0) + max(v[1], 0.0) / max(float(np.mean(w_mid)), 1e-12) + max(v[3], 0.0)
+
+    # From the convex solution, drop the convexity and follow the quotes as closely as the butterfly /
+    # calendar / positivity / slope penalties allow (Levenberg-Marquardt; penalties x30 while violated).
+    # The relaxed solution is kept when it is clean and closer to the quotes, or when the convex one
+    # is not clean and the relaxed one violates less.
+    v_c = violations(z)
+    res, jac = _penalised(A, rhs, lam, Pz, yg, G0, G1, G2, E1, w_prev, w_floor, scale, wscale, mix)
+    k = np.array([30.0, 30.0])
+    zr, v_r, sol = z, v_c, None
+    for _ in range(4):
+        sol = least_squares(res, zr, jac=jac, args=(k,), method="lm", x_scale="jac", max_nfev=100 * (nb + 1))
+        zr = sol.x
+        info["nfev"] += int(sol.nfev)
+        v_r = violations(zr)
+        if clean(v_r):
+            break
+        k = k * np.array([30.0 if v_r[0] < 0 else 1.0, 30.0 if (v_r[1] > 0 or v_r[3] > 0 or v_r[2] <= w_floor) else 1.0])
+    closer = np.sum((A @ zr - rhs) ** 2) < np.sum((A @ z - rhs) ** 2)
+    if (clean(v_r) and (closer or not clean(v_c))) or (not clean(v_c) and badness(v_r) < badness(v_c)):
+        z, info["relaxed"] = zr, True
+    if not clean(violations(z)) and sol is not None and sol.status <= 0:
+        warnings.warn(f"smooth slice T={T:.4f}: optimiser stopped: {sol.message}", ConvergenceWarning, stacklevel=2)
     lifted = 0.0
     if prev is not None:
         # a crossing between grid points, or what the penalty left: lift the level (a constant in w)

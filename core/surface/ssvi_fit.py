@@ -11,7 +11,8 @@ slope ``theta_1 / T_1`` at 0; constant forward variance after the last expiry).
 Steps: (1) ``theta`` per expiry from the quotes near the money (weighted quadratic in ``y`` of the
 mid total variance), made non-decreasing by isotonic regression (pool adjacent violators);
 (2) ``rho, u, gamma`` by bounded weighted least squares on implied vols with those thetas fixed
-(three starts); (3) all parameters jointly (``scipy.optimize.least_squares``, bounded).
+(three starts); (3) all parameters jointly. Both by Levenberg-Marquardt in unbounded coordinates
+(``core.surface.svi.box_least_squares``: a sigmoid / exp map onto the bounds).
 
 Smoothing ``s`` in [0, 1]: a parametric term structure ``ThetaParametric`` (``v0, v_inf, kappa``) is
 fitted to the step-(1) thetas; step (3) adds residuals ``sqrt(s / (1 - s)) c (theta_i / theta_par(T_i) - 1)``
@@ -24,11 +25,11 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import least_squares
 
 from core.errors import ConvergenceWarning
 from core.surface.interp import MonotoneThetaCurve, quoted_y_range
 from core.surface.ssvi import SSVISurface, ThetaParametric, power_law_phi, ssvi_slice
+from core.surface.svi import box_least_squares
 
 GAMMA_MIN = 1e-3
 RHO_MAX = 0.999
@@ -55,7 +56,7 @@ def isotonic(values, weights=None) -> np.ndarray:
     v = np.asarray(values, float)
     wts = np.ones_like(v) if weights is None else np.asarray(weights, float)
     blocks: list[list[float]] = []  # [value, weight, count]
-    for x, wt in zip(v, wts):
+    for x, wt in zip(v, wts, strict=False):
         blocks.append([x, wt, 1])
         while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
             x2, w2, n2 = blocks.pop()
@@ -91,8 +92,8 @@ def fit_theta_parametric(T, theta) -> ThetaParametric:
         return tp.theta(T) / theta - 1.0
 
     x0 = np.log([v_atm[0], v_atm[-1], 1.0])
-    sol = least_squares(res, x0, bounds=(np.log([1e-6, 1e-6, 1e-3]), np.log([25.0, 25.0, 200.0])))
-    return ThetaParametric(*np.exp(sol.x))
+    x, *_ = box_least_squares(res, x0, np.log([1e-6, 1e-6, 1e-3]), np.log([25.0, 25.0, 200.0]))
+    return ThetaParametric(*np.exp(x))
 
 
 @dataclass(frozen=True)
@@ -147,13 +148,12 @@ def fit_ssvi(T_nodes, y, iv, wt, idx, *, smoothing: float = 0.0, y_lo=(), y_hi=(
     best = None
     nfev = 0
     for x0 in ([-0.5, 0.5, 0.3], [-0.2, 0.2, 0.45], [-0.8, 0.8, 0.1]):
-        sol = least_squares(res_shape, np.array(x0), bounds=(lb3, ub3), args=(th_fixed,), x_scale="jac",
-                            max_nfev=300)
-        nfev += sol.nfev
-        if best is None or sol.cost < best.cost:
-            best = sol
-    x_shape = best.x
-    msg, ok = best.message, bool(best.status > 0)
+        x, nf, ok_, msg_ = box_least_squares(res_shape, np.array(x0), lb3, ub3, args=(th_fixed,), max_nfev=300)
+        nfev += nf
+        cost = float(np.sum(res_shape(x, th_fixed) ** 2))
+        if best is None or cost < best[0]:
+            best = (cost, x, ok_, msg_)
+    _, x_shape, ok, msg = best
     if par is not None and s >= 1.0:
         thetas = th_fixed
         curve = par
@@ -171,13 +171,13 @@ def fit_ssvi(T_nodes, y, iv, wt, idx, *, smoothing: float = 0.0, y_lo=(), y_hi=(
                 r = np.concatenate([r, k_s * (th / th_par - 1.0)])
             return r
 
-        x0 = np.r_[x_shape, th0[0], np.diff(th0)]
+        # increments start strictly inside (0, inf): the box map reaches 0 only asymptotically
+        x0 = np.r_[x_shape, th0[0], np.maximum(np.diff(th0), 1e-6 * th0[-1])]
         lb = np.r_[lb3, 1e-10, np.zeros(n - 1)]
         ub = np.r_[ub3, np.full(n, np.inf)]
-        sol = least_squares(res_all, np.clip(x0, lb, ub), bounds=(lb, ub), x_scale="jac", max_nfev=200 * (n + 3))
-        nfev += sol.nfev
-        msg, ok = sol.message, bool(sol.status > 0)
-        x_shape, thetas = unpack(sol.x)
+        x, nf, ok, msg = box_least_squares(res_all, np.clip(x0, lb, ub), lb, ub, max_nfev=200 * (n + 3))
+        nfev += nf
+        x_shape, thetas = unpack(x)
         thetas = np.maximum.accumulate(np.maximum(thetas, 1e-10))
         curve = MonotoneThetaCurve(tuple(Tn), tuple(thetas))
     rho, u, gamma = (float(v) for v in x_shape)

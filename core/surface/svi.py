@@ -6,17 +6,24 @@ asymptotically linear with slopes ``b (1 +- rho)``; Roger Lee's moment formula b
 total variance by 2, hence ``b (1 + |rho|) <= 2`` (in total variance; Gatheral's ``4 / T`` bound is the
 same statement for variance ``w / T``). Both constraints are built into the parametrisation
 ``x = (v, u, rho, m, sigma)``: ``b = 2 u / (1 + |rho|)`` with ``0 < u <= U_MAX < 1`` and
-``a = v - b sigma sqrt(1 - rho^2)`` with ``v`` (the minimum total variance) ``> 0``.
+``a = v - b sigma sqrt(1 - rho^2)`` with ``v`` (the minimum total variance) ``> 0``. ``m`` stays within
+0.1 of the quoted range and ``sigma`` below twice its width (``_slice_bounds``).
 
 Fit (``fit_svi_slice``): weighted least squares on implied vols (``scipy.optimize.least_squares``,
-bounded) plus penalty residuals on a dense ``y`` grid: ``max(0, G_MARGIN - g(y))`` (butterfly,
-``g`` of Gatheral & Jacquier 2014, Lemma 2.2), ``max(0, vol_prev(y) - vol(y))`` against the previous
-expiry (calendar, Lemma 2.1; slices are fitted in increasing ``T``) and, with ``smoothing`` s in (0, 1),
-``vol(y) - vol_prior(y)`` towards the SSVI pre-fit slice with weight ``s / (1 - s)`` (s = 1 returns the
-prior). Penalties that are still violated after the solve are multiplied by 30 and the solve repeated
-(up to 3 times); a remaining calendar violation is removed by lifting ``a``. Starts: the SSVI pre-fit
-slice and a quasi-explicit one (Zeliade 2009: for fixed ``m, sigma`` the slice is linear in
-``(a, rho b sigma, b sigma)``, solved on a small ``(m, sigma)`` grid); the cheaper start wins.
+Levenberg-Marquardt in unbounded coordinates mapped onto the box (``box_least_squares``), analytic
+Jacobian) plus penalty residuals on a dense ``y`` grid: ``max(0, G_MARGIN - g(y))``
+(butterfly; ``g`` of Gatheral & Jacquier 2014, Lemma 2.2), ``max(0, vol_prev(y) - vol(y))`` against the
+previous expiry (calendar, their Lemma 2.1; slices are fitted in increasing ``T``), ``max(0, vol(y_c) -
+vol_cap)`` below the next expiry's ask vols at its quotes (so that an extrapolated wing cannot push the
+next slice out of its band) and, with ``smoothing`` s in (0, 1), ``vol(y) - vol_prior(y)`` towards the
+SSVI pre-fit slice with weight ``sqrt(s / (1 - s))`` (s = 1 returns the prior). Penalties still violated
+after a solve are multiplied by 30 and the solve repeated (up to 4 times); a calendar crossing left
+between grid points is removed by lifting ``a``. Starts: the SSVI pre-fit slice and a quasi-explicit one
+(Zeliade 2009: for fixed ``m, sigma`` the slice is linear in ``(a, rho b sigma, b sigma)``, solved on a
+small ``(m, sigma)`` grid); each gets a short run and the better one is solved to convergence.
+
+Limitation: ``w'' = b sigma^2 / R^3 > 0``, so an SVI slice is convex in ``y``; quotes whose total variance
+is locally concave (e.g. the 9-day slice of Andreasen & Huge's example data) cannot be matched closely.
 """
 from __future__ import annotations
 
@@ -96,15 +103,6 @@ def _from_x(x) -> SVISlice:
     v, u, rho, m, sig = (float(t) for t in x)
     b = 2.0 * u / (1.0 + abs(rho))
     return SVISlice(a=v - b * sig * np.sqrt(1 - rho * rho), b=b, rho=rho, m=m, sigma=sig)
-
-
-def _params_w(x, y):
-    v, u, rho, m, sig = x
-    b = 2.0 * u / (1.0 + abs(rho))
-    a = v - b * sig * np.sqrt(1 - rho * rho)
-    d = y - m
-    R = np.sqrt(d * d + sig * sig)
-    return a + b * (rho * d + R), b * (rho + d / R), b * sig * sig / R**3
 
 
 def quasi_explicit_start(y, w, wt, y_lo: float, y_hi: float) -> SVISlice | None:
@@ -189,6 +187,51 @@ def _g_partials(y, w, w1):
     return g_w, g_w1
 
 
+class _Box:
+    """Smooth map from unbounded ``z`` to the box ``[lb, ub]``: ``lb + (ub - lb) sigmoid(z)`` for finite
+    bounds, ``lb + exp(z)`` for a lower bound only, identity when unbounded. Levenberg-Marquardt in ``z``
+    (MINPACK's own QR) avoids the LAPACK SVD of the bounded trust-region solver, which is slow under
+    multithreaded BLAS on small problems."""
+
+    def __init__(self, lb, ub):
+        self.lb, self.ub = np.asarray(lb, float), np.asarray(ub, float)
+        self.both = np.isfinite(self.lb) & np.isfinite(self.ub)
+        self.low = np.isfinite(self.lb) & ~np.isfinite(self.ub)
+
+    def x(self, z):
+        sig = 0.5 * (1.0 + np.tanh(0.5 * z))
+        span = np.where(self.both, self.ub - self.lb, 1.0)
+        return np.where(self.both, self.lb + span * sig,
+                        np.where(self.low, np.where(self.low, self.lb, 0.0) + np.exp(np.minimum(z, 700.0)), z))
+
+    def dx(self, z):
+        sig = 0.5 * (1.0 + np.tanh(0.5 * z))
+        span = np.where(self.both, self.ub - self.lb, 1.0)
+        return np.where(self.both, span * sig * (1.0 - sig), np.where(self.low, np.exp(np.minimum(z, 700.0)), 1.0))
+
+    def z(self, x):
+        span = np.where(self.both, self.ub - self.lb, 1.0)
+        eps = 1e-9
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.clip((x - self.lb) / span, eps, 1.0 - eps)
+            zb = np.log(t / (1.0 - t))
+            zl = np.log(np.maximum(x - np.where(self.low, self.lb, 0.0), 1e-300))
+        return np.where(self.both, zb, np.where(self.low, np.maximum(zl, -690.0), x))
+
+
+def box_least_squares(fun, x0, lb, ub, *, jac=None, args=(), max_nfev: int = 200, tol: float = 1e-8):
+    """``least_squares`` over the box ``[lb, ub]`` by Levenberg-Marquardt in unbounded coordinates (``_Box``).
+    ``jac(x, *args)`` in ``x`` is chained through the map; without it MINPACK differences. Returns
+    ``(x, nfev, ok, message)``."""
+    box = _Box(lb, ub)
+    z0 = box.z(np.clip(np.asarray(x0, float), lb, ub))
+    fz = lambda z, *a: fun(box.x(z), *a)  # noqa: E731
+    jz = (lambda z, *a: jac(box.x(z), *a) * box.dx(z)[None, :]) if jac is not None else "2-point"  # noqa: E731
+    sol = least_squares(fz, z0, jac=jz, args=args, method="lm", x_scale="jac", xtol=tol, ftol=tol, gtol=tol,
+                        max_nfev=max_nfev)
+    return box.x(sol.x), int(sol.nfev), bool(sol.status > 0), str(sol.message)
+
+
 class _Block:
     """Least-squares objective of consecutive slices: vol residuals, butterfly penalty on each slice's
     grid, calendar penalties between neighbours (and against fixed ``lower`` / ``upper`` slices at the
@@ -199,14 +242,14 @@ class _Block:
         self.data, self.grids, self.Ts = data, [np.asarray(g, float) for g in grids], list(Ts)
         self.n = len(data)
         self.scales = [np.sqrt(len(d[0]) / len(g)) * float(np.sqrt(np.mean(d[2] ** 2)))
-                       for d, g in zip(data, self.grids)]
+                       for d, g in zip(data, self.grids, strict=False)]
         self.w_lower = lower.derivs(self.grids[0])[0] if lower is not None else None
         self.upper_grid = np.asarray(upper_grid, float) if upper is not None else None
         self.w_upper = upper.derivs(self.upper_grid)[0] if upper is not None else None
         self.caps = caps or [None] * self.n
         self.k_prior = k_prior
         self.v_prior = [np.sqrt(np.maximum(p.w(g), 0.0) / T) if (p is not None and k_prior > 0) else None
-                        for p, g, T in zip(priors or [None] * self.n, self.grids, self.Ts)]
+                        for p, g, T in zip(priors or [None] * self.n, self.grids, self.Ts, strict=False)]
 
     def _parts(self, X, kg, kc, want_jac):
         n = self.n
@@ -302,14 +345,14 @@ class _Block:
                 gap = max(gap, float(np.max(_svi_jac(X[5 * i: 5 * i + 5], self.upper_grid, False)[0][0] - self.w_upper)))
         return g_min, gap
 
-    def solve(self, X0, lb, ub, max_rounds: int = 4, max_nfev: int = 100):
+    def solve(self, X0, lb, ub, max_rounds: int = 4, max_nfev: int = 200):
         """Bounded trust-region least squares; penalties x30 while violated. Returns ``(X, nfev, ok, msg)``."""
         kg, kc = 10.0, 10.0
         X, nfev, ok, msg = np.clip(X0, lb, ub), 0, True, ""
         for _ in range(max_rounds):
-            sol = least_squares(self.resid, X, jac=self.jac, bounds=(lb, ub), args=(kg, kc), method="trf",
-                                x_scale="jac", xtol=1e-7, ftol=1e-7, gtol=1e-7, max_nfev=max_nfev)
-            X, nfev, ok, msg = sol.x, nfev + sol.nfev, bool(sol.status > 0), sol.message
+            X, nf, ok, msg = box_least_squares(self.resid, X, lb, ub, jac=self.jac, args=(kg, kc),
+                                               max_nfev=max_nfev, tol=1e-7)
+            nfev += nf
             g_min, gap = self.violations(X)
             if g_min >= 0 and gap <= 0:
                 break

@@ -1,0 +1,117 @@
+"""Surface fits on real data: SPX quotes of 24 Jan 2011 (through the pipeline) and QuantLib's
+Andreasen-Huge example vols. Per-expiry RMSE (vol bp) and share inside bid/ask are printed (``-s``)."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.forwards import Forwards
+from core.surface.fit import fit_surface
+from tests.test_surface_fit import dense_arbitrage
+
+METHODS = ("ssvi", "svi", "smooth")
+
+
+@pytest.fixture(scope="module")
+def spx(shared_data):
+    pipeline = pytest.importorskip("core.pipeline")
+    cboe = pytest.importorskip("core.sources.cboe")
+    chain = cboe.read_cboe(shared_data / "spx_20110124" / "SPX-Options-24jan2011.csv")
+    prep = pipeline.prepare(chain, pipeline.Settings())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fits = {m: fit_surface(prep.quotes, prep.forwards, method=m) for m in METHODS}
+    table = pd.DataFrame({(m, c): getattr(fits[m], a) for m in METHODS
+                          for c, a in (("rmse_bp", "rmse_bp"), ("inside", "inside_share"))}).round(3)
+    print("\nSPX 24 Jan 2011, per expiry: RMSE (vol bp) and share inside bid/ask\n" + table.to_string())
+    for m in METHODS:
+        r = fits[m].residuals
+        print(f"{m}: {fits[m].seconds:.2f} s, all quotes inside {r['inside'].mean():.1%}, "
+              f"arbitrage {fits[m].arbitrage['butterfly']}+{fits[m].arbitrage['calendar']} grid points")
+    return prep, fits
+
+
+@pytest.mark.slow
+def test_spx_svi_keeps_liquid_otm_quotes_inside_bid_ask(spx):
+    prep, fits = spx
+    used = prep.quotes[prep.quotes["use"].astype(bool)]
+    r = fits["svi"].residuals
+    assert len(r) == len(used)
+    # liquid: the pipeline's out-of-the-money two-sided quotes with a bid of at least 0.50 index points
+    # (not the tick-priced far wings)
+    liquid = used["bid"].to_numpy() >= 0.5
+    assert liquid.sum() > 500
+    assert r["inside"].to_numpy()[liquid].mean() >= 0.90
+    assert r["inside"].mean() >= 0.90
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["ssvi", "svi"])
+def test_spx_fits_leave_no_static_arbitrage(spx, method):
+    f = spx[1][method]
+    assert f.arbitrage["butterfly"] == 0 and f.arbitrage["calendar"] == 0
+    g_min, wT_min = dense_arbitrage(f.surface, sorted(v["T"] for v in f.params.values()))
+    assert g_min >= 0 and wT_min >= 0
+
+
+@pytest.mark.slow
+def test_spx_smooth_reports_what_arbitrage_it_keeps(spx):
+    f = spx[1]["smooth"]
+    assert f.residuals["inside"].mean() >= 0.95
+    if f.arbitrage["butterfly"]:
+        assert any("butterfly arbitrage" in w for w in f.warnings)
+    if f.arbitrage["calendar"]:
+        assert any("calendar arbitrage" in w for w in f.warnings)
+
+
+def ah_quotes(shared_data):
+    d = pd.read_csv(shared_data / "quantlib_tests" / "andreasen_huge_market.csv")
+    S = 2772.7
+    T = d["maturity_years_qltest"].to_numpy(float)
+    exp = pd.Timestamp("2010-03-01") + pd.to_timedelta(d["maturity_days_qltest"], unit="D")
+    iv = d["implied_vol"].to_numpy(float)
+    q = pd.DataFrame({"expiry": exp, "T": T, "strike": d["strike"].to_numpy(float),
+                      "cp": np.where(d["option_type_qltest"] == "call", 1, -1), "y": np.log(d["strike"] / S),
+                      "iv_mid": iv, "iv_bid": iv, "iv_ask": iv, "use": True})
+    return q, Forwards.from_rates(S, 0.0, 0.0, np.unique(T))
+
+
+def test_andreasen_huge_smooth_meets_quantlibs_tolerance(shared_data):
+    q, fwd = ah_quotes(shared_data)
+    f = fit_surface(q, fwd, method="smooth")
+    err = f.residuals["resid_bp"].abs()
+    print(f"\nAndreasen-Huge, smooth: max {err.max():.2f} bp, mean {err.mean():.2f} bp")
+    assert err.max() <= 15.0 and err.mean() <= 3.5      # QuantLib's test tolerance for this data
+
+
+def test_andreasen_huge_svi(shared_data):
+    """Raw SVI is convex in y (w'' = b sigma^2 / R^3 > 0), and the 9-day slice of this data is not: no convex
+    slice can come within 15 bp of it (next test), so SVI is held to its measured accuracy instead."""
+    q, fwd = ah_quotes(shared_data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        f = fit_surface(q, fwd, method="svi")
+    err = f.residuals["resid_bp"].abs()
+    print(f"\nAndreasen-Huge, SVI: max {err.max():.2f} bp, mean {err.mean():.2f} bp")
+    assert err.mean() <= 5.0 and err.max() <= 60.0
+    assert f.arbitrage["butterfly"] == 0 and f.arbitrage["calendar"] == 0
+
+
+def test_no_convex_slice_fits_the_andreasen_huge_short_expiry_within_15bp(shared_data):
+    """Three consecutive quotes of the 9-day slice (y = 0.078, 0.095, 0.111) are concave in total variance.
+    For convex w the middle value is at most the chord: moving the three vols by at most e each closes the
+    gap only if e >= gap / (2 * 2 sigma T) (dw = 2 sigma T dsigma), which is above 15 bp."""
+    q, _ = ah_quotes(shared_data)
+    s = q[q["T"] == q["T"].min()].sort_values("y")
+    y, iv, T = s["y"].to_numpy(), s["iv_mid"].to_numpy(), float(s["T"].iloc[0])
+    w = iv * iv * T
+    worst = 0.0
+    for i in range(1, len(y) - 1):
+        lam = (y[i] - y[i - 1]) / (y[i + 1] - y[i - 1])
+        gap = w[i] - ((1 - lam) * w[i - 1] + lam * w[i + 1])      # > 0: concave
+        # the chord moves by at most e' (both ends up by e'), the middle down by e': 2 e' >= gap
+        worst = max(worst, gap / 2 / (2 * iv[i] * T) * 1e4)
+    assert worst > 15.0
