@@ -20,7 +20,7 @@ _EXPORTS = {
     "quote_implied_vols": "core.black", "IV_REASONS": "core.black",
     # surfaces
     "SSVISurface": "core.surface.ssvi", "ThetaParametric": "core.surface.ssvi",
-    "fit_surface": "core.surface.fit",
+    "fit_surface": "core.surface.fit", "SurfaceFit": "core.surface.fit", "VolSurface": "core.surface.base",
     # local vol and the seeds' API
     "local_vol_grid": "core.localvol", "LocalVolResult": "core.localvol",
     "surface_from_grid": "core.surface.grid",

@@ -4,7 +4,7 @@
 ATM total variance, power-law ``phi(theta) = eta / (theta^gamma (1 + theta)^(1 - gamma))``
 (Gatheral & Jacquier 2014, eqs. 4.1 and 4.5). Free of static arbitrage when ``theta`` is
 non-decreasing, ``0 < gamma <= 1/2`` and ``eta (1 + |rho|) <= 2`` (their Remark 4.4 / MATH.md).
-This module is the analytic model; fitting it to quotes lives in ``core.surface.fit_ssvi``.
+This module is the analytic model; fitting it to quotes lives in ``core.surface.ssvi_fit``.
 """
 from __future__ import annotations
 
