@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_quotes(a) -> dict:
+    from core.export import safe_csv
     from core.pipeline import Settings, forwards_frame, open_source, prepare, quotes_frame, summary_dict
 
     chain = open_source(a.source, spot=a.spot, asof=a.asof, expiries=a.expiries, timeout=a.timeout)
@@ -71,8 +73,8 @@ def _cmd_quotes(a) -> dict:
     prep = prepare(chain, settings)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    quotes_frame(prep).to_csv(out / "quotes.csv", index=False)
-    forwards_frame(prep).to_csv(out / "forwards.csv", index=False)
+    (out / "quotes.csv").write_bytes(safe_csv(quotes_frame(prep)))
+    (out / "forwards.csv").write_bytes(safe_csv(forwards_frame(prep)))
     summ = summary_dict(chain, prep, seconds=prep.seconds)
     (out / "summary.json").write_text(json.dumps(summ, indent=2))
     return {"quotes": summ["n_quotes"], "used": summ["n_used"], "excluded": summ["excluded"], "out": str(out)}
@@ -115,6 +117,9 @@ def main(argv=None) -> int:
     from core.errors import DupireDeskError
 
     a = build_parser().parse_args(argv)
+    # yfinance logs its own retries to stderr; the CLI promises one line per error
+    for name in ("yfinance", "peewee", "curl_cffi", "urllib3"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
     cmd = {"quotes": _cmd_quotes, "calibrate": _cmd_calibrate, "price": _cmd_price}[a.command]
     try:
         res = cmd(a)

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from core.errors import FitError, InputError
+from core.export import safe_csv
 from core.quotes import QuoteChain
 
 METHODS = ("ssvi", "svi", "smooth", "price-fd", "price-spline")
@@ -68,7 +69,14 @@ class Settings:
             if v is not None and not (math.isfinite(float(v)) and abs(float(v)) < 1.0):
                 raise InputError(f"{name} must be a rate like 0.04 (4%), got {v!r}")
         if self.expiries is not None:
-            object.__setattr__(self, "expiries", tuple(str(pd.Timestamp(e).date()) for e in self.expiries))
+            from core.quotes import parse_expiry
+
+            if isinstance(self.expiries, str):
+                raise InputError("expiries must be a list of dates (YYYY-MM-DD), not one string")
+            exp = tuple(str(parse_expiry(e).date()) for e in self.expiries)
+            if not exp:
+                raise InputError("expiries is an empty list: leave it out to use every usable expiry")
+            object.__setattr__(self, "expiries", exp)
         if int(self.n_strikes) < 5 or int(self.n_expiries) < 2:
             raise InputError("the local-vol grid needs at least 5 strikes and 2 expiries")
 
@@ -328,19 +336,19 @@ def write_outputs(cal: Calibration, out_dir) -> dict[str, Path]:
         writer(p)
         paths[name] = p
 
-    put("quotes.csv", lambda p: quotes_frame(prep, fr).to_csv(p, index=False))
-    put("forwards.csv", lambda p: forwards_frame(prep).to_csv(p, index=False))
+    put("quotes.csv", lambda p: p.write_bytes(safe_csv(quotes_frame(prep, fr))))
+    put("forwards.csv", lambda p: p.write_bytes(safe_csv(forwards_frame(prep))))
     surface = {"method": fr.method, "settings_method": cal.settings.method, "smoothing": cal.settings.smoothing,
                "params": fr.params, "rmse_bp": fr.rmse_bp, "inside_bid_ask": fr.inside_share,
                "warnings": list(fr.warnings), "failed_expiries": list(fr.failed_expiries), "seconds": fr.seconds}
     put("surface.json", lambda p: p.write_text(json.dumps(_jsonable(surface), indent=2)))
-    put("local_vol.csv", lambda p: cal.local_vol.to_frame().to_csv(p, index=False))
+    put("local_vol.csv", lambda p: p.write_bytes(safe_csv(cal.local_vol.to_frame())))
     sarb, qarb = cal.arbitrage
     arb = {"surface": sarb.to_dict() if hasattr(sarb, "to_dict") else _jsonable(getattr(sarb, "counts", {})),
            "quotes": qarb.to_dict(orient="records") if qarb is not None else []}
     put("arbitrage.json", lambda p: p.write_text(json.dumps(_jsonable(arb), indent=2, default=str)))
     if cal.repricing is not None:
-        put("repricing.csv", lambda p: cal.repricing.table.to_csv(p, index=False))
+        put("repricing.csv", lambda p: p.write_bytes(safe_csv(cal.repricing.table)))
     summ = summary_dict(prep.chain, prep, fr, cal.local_vol, cal.repricing, cal.seconds, cal.settings)
     put("summary.json", lambda p: p.write_text(json.dumps(summ, indent=2)))
     return paths
@@ -368,9 +376,16 @@ def open_source(spec: str, *, spot: float | None = None, asof=None, expiries=Non
         path = Path(spec)
         if not path.is_file():
             raise InputError(f"source {spec!r} is neither 'demo', 'yahoo:TICKER' nor an existing file")
-        chain = load_file(path, spot=spot, asof=asof)
-    if spot is not None and chain.spot is None:
-        chain = replace(chain, spot=float(spot))
+        with open(path, "rb") as fh:
+            gz = fh.read(2) == b"\x1f\x8b"
+        if gz:  # a saved snapshot (gzip): opened through its store, which checks its checksum
+            from core.sources.snapshots import SnapshotStore
+
+            chain = SnapshotStore(path.parent).load(path)
+        else:
+            chain = load_file(path, spot=spot, asof=asof)
+    if spot is not None:
+        chain = replace(chain, spot=float(spot))  # QuoteChain validates it (positive, finite)
     if expiries:
         chain = chain.select_expiries(expiries)
     return chain

@@ -104,6 +104,19 @@ def year_fraction(start: Any, end: Any) -> np.ndarray | float:
     return td.dt.total_seconds().to_numpy(dtype=float) / SECONDS_PER_YEAR
 
 
+def parse_expiry(value: Any, name: str = "expiries") -> pd.Timestamp:
+    """An expiry date as a midnight ``Timestamp``; ``InputError`` naming ``name`` when unreadable."""
+    try:
+        ts = pd.Timestamp(str(value).strip()) if isinstance(value, str) else pd.Timestamp(value)
+    except (ValueError, TypeError, OverflowError):
+        ts = pd.NaT
+    if ts is pd.NaT or pd.isna(ts):
+        raise InputError(f"{name}: {str(value)[:40]!r} is not a date; write expiries as YYYY-MM-DD, e.g. 2026-12-18")
+    if ts.tzinfo is not None:
+        ts = ts.tz_localize(None)
+    return ts.normalize()
+
+
 def _as_cp(values: pd.Series) -> pd.Series:
     mapping = {"C": 1, "CALL": 1, "CALLS": 1, "1": 1, "+1": 1, "1.0": 1,
                "P": -1, "PUT": -1, "PUTS": -1, "-1": -1, "-1.0": -1}
@@ -148,7 +161,7 @@ def make_quotes(df: pd.DataFrame, *, quote_time: Any = None, underlying: str | N
     except (ValueError, TypeError) as exc:
         raise InputError(f"column 'quote_time' could not be read as times: {exc}") from None
     try:
-        exp = pd.to_datetime(q["expiry"])
+        exp = pd.to_datetime(q["expiry"], errors="coerce", format="mixed")
         if exp.dt.tz is not None:
             exp = exp.dt.tz_localize(None)
         q["expiry"] = exp.dt.normalize().astype("datetime64[ns]")
@@ -166,7 +179,7 @@ def make_quotes(df: pd.DataFrame, *, quote_time: Any = None, underlying: str | N
     q["root"] = q["root"].fillna("").astype(str)
     q["source"] = q["source"].fillna("").astype(str)
     if "settlement" not in q or q["settlement"].isna().any():
-        q["settlement"] = [settlement_for(r, e.date()) for r, e in zip(q["root"], q["expiry"])]
+        q["settlement"] = [settlement_for(r, e.date()) if pd.notna(e) else "PM" for r, e in zip(q["root"], q["expiry"])]
     q["settlement"] = q["settlement"].astype(str)
     if "expiry_time" not in q or q["expiry_time"].isna().any():
         cache: dict = {}
@@ -174,7 +187,7 @@ def make_quotes(df: pd.DataFrame, *, quote_time: Any = None, underlying: str | N
         for e, s in zip(q["expiry"], q["settlement"]):
             key = (e, s)
             if key not in cache:
-                cache[key] = expiry_time(e, s)
+                cache[key] = expiry_time(e, s) if pd.notna(e) else pd.NaT
             times.append(cache[key])
         q["expiry_time"] = pd.to_datetime(pd.Series(times, dtype="datetime64[ns, UTC]") if times else pd.Series([], dtype="datetime64[ns, UTC]"), utc=True)
     q["expiry_time"] = pd.to_datetime(q["expiry_time"], utc=True)
@@ -211,12 +224,12 @@ class QuoteChain:
 
     @property
     def expiries(self) -> list[pd.Timestamp]:
-        """Sorted distinct expiry dates in the chain."""
-        return sorted(pd.unique(self.quotes["expiry"]))
+        """Sorted distinct expiry dates in the chain (rows with an unreadable expiry left out)."""
+        return sorted(pd.Timestamp(e) for e in pd.unique(self.quotes["expiry"].dropna()))
 
     def select_expiries(self, expiries: Any) -> "QuoteChain":
         """A copy with only the given expiry dates (strings or dates); unknown dates raise InputError."""
-        wanted = {pd.Timestamp(e).normalize() for e in expiries}
+        wanted = {parse_expiry(e) for e in expiries}
         have = set(self.expiries)
         unknown = sorted(wanted - have)
         if unknown:

@@ -41,7 +41,8 @@ with messages.page_guard():
 
     n = loc.size
     counts = {f: int(np.sum(flags[f])) for f in flags}
-    st.caption(f"{lv.T.size} x {lv.K.size} grid, clip band {100 * lv.clip[0]:.0f}%-{100 * lv.clip[1]:.0f}%. "
+    st.caption(f"{controls.METHODS[sel.settings.method]}, smoothing {sel.settings.smoothing:.2f}; "
+               f"{lv.T.size} x {lv.K.size} grid, clip band {100 * lv.clip[0]:.0f}%-{100 * lv.clip[1]:.0f}%. "
                + ", ".join(f"{figures.FLAG_STYLE[f][0]}: {c} ({100 * c / n:.1f}%)" for f, c in counts.items()))
 
     left, right = st.columns(2)

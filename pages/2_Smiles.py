@@ -75,6 +75,13 @@ with messages.page_guard():
         f"; over all fitted expiries it ranges {np.nanmin(at_q['skew_ratio']):.2f} to {np.nanmax(at_q['skew_ratio']):.2f}.")
     show = at_q.assign(expiry=[exp_str[q["T"] == t].iloc[0] for t in Tq])
     show = show[["expiry", "T", "atm_iv", "atm_lv", "rule_lv", "iv_skew", "lv_skew", "skew_ratio"]]
-    st.dataframe(show.style.format({"T": "{:.3f}", "atm_iv": "{:.2%}", "atm_lv": "{:.2%}", "rule_lv": "{:.2%}",
-                                    "iv_skew": "{:.3f}", "lv_skew": "{:.3f}", "skew_ratio": "{:.2f}"}),
-                 hide_index=True, width="stretch")
+    pct = st.column_config.NumberColumn
+    st.dataframe(show, hide_index=True, width="stretch", column_config={
+        "T": pct("T (years)", format="%.3f"),
+        "atm_iv": pct("ATM implied", format="percent"),
+        "atm_lv": pct("ATM local", format="percent"),
+        "rule_lv": pct("implied + T dσ/dT", format="percent", help="the rule of thumb for the ATM local vol"),
+        "iv_skew": pct("implied skew dσ/dy", format="%.3f"),
+        "lv_skew": pct("local skew dσ/dy", format="%.3f"),
+        "skew_ratio": pct("local / implied skew", format="%.2f", help="rule of thumb: about 2"),
+    })

@@ -677,12 +677,14 @@ def test_local_vol_grid(K, T, clip, method, rho, eta):
     valid_axis = (lambda a: a.size > 0 and np.all(np.isfinite(a)) and np.all(a > 0) and np.all(np.diff(a) > 0))
     clip_ok = len(clip) == 2 and 0 <= clip[0] < clip[1]
     ok = valid_axis(K_arr) and valid_axis(T_arr) and clip_ok and method != "other"
+    # the price methods difference the grid itself: they document a minimum of 2 expiries x 3 strikes
+    small_for_prices = method.startswith("price") and (T_arr.size < 2 or K_arr.size < 3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             res = local_vol_grid(_model(rho, eta), flat_forwards(), K, T, clip=clip, method=method)
         except InputError as exc:
-            assert not ok, f"valid arguments refused: {exc}"
+            assert not ok or small_for_prices, f"valid arguments refused: {exc}"
             return
     assert ok, "invalid arguments accepted"
     nT, nK = len(T_arr), len(K_arr)
@@ -998,8 +1000,11 @@ def test_surface_arbitrage(y, T, rho):
     assert ok
     assert res.g.shape == (len(T), len(y)) and res.counts["cells"] == len(T) * len(y)
     assert res.counts["butterfly"] == int(res.butterfly.sum()) and res.counts["calendar"] == int(res.calendar.sum())
-    big = np.asarray(T) < 1e3   # the SSVI model is arbitrage-free: no violation where it is defined
-    assert not res.butterfly[big].any() and not res.calendar[big].any()
+    # the SSVI model is arbitrage-free: no violation where w and its derivatives are representable
+    # (NaN counts as a violation by design, e.g. at T = 1e-300)
+    Ta = np.asarray(T, float)
+    sane = (Ta > 1e-6) & (Ta < 1e3)
+    assert not res.butterfly[sane].any() and not res.calendar[sane].any()
 
 
 # ---------------------------------------------------------------------------------------- pipeline
@@ -1121,7 +1126,9 @@ def test_calibrate_perturbed_demo(chain_ops, method, clip):
     assert (lv.local_vol >= clip[0] - 1e-12).all() and (lv.local_vol <= clip[1] + 1e-12).all()
     summ = summary_dict(chain, cal.prepared, cal.fit, lv, None, cal.seconds, settings_)
     assert summ["n_quotes"] == len(chain.quotes)
-    assert summ["n_used"] + sum(summ["excluded"].values()) >= summ["n_quotes"] - summ["n_used"]
+    excluded = sum(summ["excluded"].values())
+    assert excluded + cal.prepared.counts["ok"] == summ["n_quotes"], "excluded + usable = every quote"
+    assert summ["n_used"] <= cal.prepared.counts["ok"]
 
 
 # ---------------------------------------------------------------------------------------- settings, snapshots

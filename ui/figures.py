@@ -199,8 +199,18 @@ def smile(x_quotes, iv_bid, iv_ask, iv_mid, x_grid, iv_fit, local_vol=None, *, t
         fig.add_trace(go.Scatter(x=np.asarray(x_grid, float), y=np.asarray(local_vol, float) * 100,
                                  mode="lines", name="local vol", line=dict(color=LOCAL_COLOUR, width=2, dash="dash"),
                                  hovertemplate=f"{xlabel} %{{x:.4g}}<br>local %{{y:.2f}}%<extra></extra>"))
+    # Range from what matters (used quotes, the fit): one-sided far-wing quotes would squash the smile.
+    focus = np.r_[np.asarray(iv_fit, float), lo[used & np.isfinite(lo)], hi[used & np.isfinite(hi)]]
+    focus = focus[np.isfinite(focus)]
+    yrange = None
+    if focus.size:
+        a, b = float(focus.min()) * 100, float(focus.max()) * 100
+        pad = 0.15 * max(b - a, 1.0)
+        yrange = [max(0.0, a - pad), b + pad]
     fig.update_layout(title=title, height=420, xaxis_title=xlabel, yaxis_title="vol (%)", **_LAYOUT,
                       legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0))
+    if yrange is not None:
+        fig.update_yaxes(range=yrange)
     return fig
 
 

@@ -172,8 +172,8 @@ def forward_dupire(lv, forwards, expiries, strikes=None, *, n_x: int = 601, n_t:
     """
     t0 = time.perf_counter()
     T_out = np.unique(np.asarray(expiries, dtype=float).ravel())
-    if T_out.size == 0 or not np.all(np.isfinite(T_out)) or T_out[0] <= 0:
-        raise InputError("expiries must be finite and positive (years)")
+    if T_out.size == 0 or not np.all(np.isfinite(T_out)) or T_out[0] <= 0 or T_out[-1] > 100.0:
+        raise InputError("expiries must be finite, positive and at most 100 years")
     if n_x < 21 or n_t < 4:
         raise InputError(f"grid too small: n_x={n_x} (>= 21), n_t={n_t} (>= 4)")
     if not (0.5 <= theta <= 1.0):

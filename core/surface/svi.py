@@ -31,6 +31,7 @@ import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy.interpolate import BSpline
 from scipy.optimize import least_squares
 
 from core.errors import ConvergenceWarning, InputError
@@ -39,6 +40,17 @@ from core.surface.base import butterfly_g
 U_MAX = 0.995      # b (1 + |rho|) <= 2 U_MAX: strictly inside Lee's bound
 G_MARGIN = 1e-4    # butterfly penalty acts below this g
 RHO_MAX = 0.999
+SVI_MAX_NFEV = 200  # backbone solve, per penalty round
+# spline correction (see the module docstring)
+CORR_SEG_MAX = 24     # knot segments over the quoted range at most
+CORR_EXT = 3          # knot segments of the correction's support beyond the quotes, each side
+CORR_MIN_QUOTES = 5   # fewer quotes: SVI alone
+CORR_MAX_NFEV = 100   # per penalty round
+CORR_OFF = 1.0        # smoothing at or above which the correction is off
+LAM_LOG0 = -3.0       # log10 of the curvature penalty at smoothing 0
+LAM_DECADES = 8.0     # decades the penalty grows from smoothing 0 to 1
+RIDGE = 1e-2          # size penalty, relative to the curvature penalty
+G_PER_SEG = 8         # butterfly grid points per knot segment
 
 
 @dataclass(frozen=True)
@@ -232,135 +244,247 @@ def box_least_squares(fun, x0, lb, ub, *, jac=None, args=(), max_nfev: int = 200
     return box.x(sol.x), int(sol.nfev), bool(sol.status > 0), str(sol.message)
 
 
-class _Block:
-    """Least-squares objective of consecutive slices: vol residuals, butterfly penalty on each slice's
-    grid, calendar penalties between neighbours (and against fixed ``lower`` / ``upper`` slices at the
-    ends), optional prior penalty. Analytic dense Jacobian."""
+def _corr_knots(lo: float, hi: float, n_quotes: int) -> np.ndarray:
+    """Knot vector of the correction: ``n`` uniform segments over ``[lo, hi]`` (one per quote, 3 to
+    ``CORR_SEG_MAX``), ``CORR_EXT`` more segments each side (room to return to zero smoothly beyond the
+    quotes), and three zero-coefficient pads each side so that ``scipy``'s base interval is the support
+    ``[lo - CORR_EXT h, hi + CORR_EXT h]``."""
+    n = int(np.clip(n_quotes - 1, 3, CORR_SEG_MAX))
+    h = (hi - lo) / n
+    return lo + h * np.arange(-3 - CORR_EXT, n + CORR_EXT + 4, dtype=float)
 
-    def __init__(self, data, grids, Ts, *, lower=None, upper=None, upper_grid=None, priors=None, k_prior=0.0,
-                 caps=None):
-        self.data, self.grids, self.Ts = data, [np.asarray(g, float) for g in grids], list(Ts)
-        self.n = len(data)
-        self.scales = [np.sqrt(len(d[0]) / len(g)) * float(np.sqrt(np.mean(d[2] ** 2)))
-                       for d, g in zip(data, self.grids, strict=False)]
-        self.w_lower = lower.derivs(self.grids[0])[0] if lower is not None else None
-        self.upper_grid = np.asarray(upper_grid, float) if upper is not None else None
-        self.w_upper = upper.derivs(self.upper_grid)[0] if upper is not None else None
-        self.caps = caps or [None] * self.n
+
+def _corr_basis(t: np.ndarray, y) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Values, first and second derivatives (each (N, nb)) of the active correction B-splines (those
+    whose support lies inside ``[t[3], t[-4]]``) at ``y``; zero outside the support."""
+    y = np.clip(np.asarray(y, float), t[3], t[-4])
+    nb_all = len(t) - 4
+    spl = BSpline(t, np.eye(nb_all), 3, extrapolate=False)
+    act = slice(3, nb_all - 3)
+    B0 = np.nan_to_num(spl(y))[:, act]
+    B1 = np.nan_to_num(spl.derivative(1)(y))[:, act]
+    B2 = np.nan_to_num(spl.derivative(2)(y))[:, act]
+    return B0, B1, B2
+
+
+@dataclass(frozen=True)
+class SVISplineSlice:
+    """Raw-SVI backbone plus a compactly supported cubic-spline correction of total variance:
+    ``w(y) = w_SVI(y) + sum_j d_j B_j(y)``, the ``B_j`` cubic B-splines on uniform ``knots`` whose support
+    lies in ``[knots[3], knots[-4]]`` (the quoted range and one knot spacing beyond): outside that the
+    slice is the SVI backbone exactly (asymptotically linear wings within Lee's bound). C2 in ``y``."""
+
+    base: SVISlice
+    knots: tuple
+    coef: tuple
+
+    def _spl(self):
+        t = np.asarray(self.knots, float)
+        return BSpline(t, np.r_[np.zeros(3), np.asarray(self.coef, float), np.zeros(3)], 3, extrapolate=False)
+
+    def correction(self, y):
+        """``(c, c', c'')`` of the correction at ``y`` (zero outside its support)."""
+        y = np.asarray(y, dtype=float)
+        t = np.asarray(self.knots, float)
+        yc = np.clip(y, t[3], t[-4])
+        spl = self._spl()
+        return (np.nan_to_num(spl(yc)), np.nan_to_num(spl.derivative(1)(yc)),
+                np.nan_to_num(spl.derivative(2)(yc)))
+
+    def derivs(self, y):
+        """``(w, w_y, w_yy)`` at ``y`` (any shape): backbone plus correction, closed form."""
+        w, w1, w2 = self.base.derivs(y)
+        c0, c1, c2 = self.correction(y)
+        return w + c0, w1 + c1, w2 + c2
+
+    def w(self, y):
+        """Total variance at ``y``."""
+        return self.derivs(y)[0]
+
+    def g(self, y):
+        """Butterfly density function ``g(y)`` of the slice."""
+        w, w_y, w_yy = self.derivs(y)
+        return butterfly_g(y, w, w_y, w_yy)
+
+    a = property(lambda self: self.base.a)
+    b = property(lambda self: self.base.b)
+    rho = property(lambda self: self.base.rho)
+    m = property(lambda self: self.base.m)
+    sigma = property(lambda self: self.base.sigma)
+
+    def lifted(self, da: float) -> "SVISplineSlice":
+        """The same slice with the backbone's level ``a`` raised by ``da``."""
+        b = self.base
+        return SVISplineSlice(SVISlice(a=b.a + da, b=b.b, rho=b.rho, m=b.m, sigma=b.sigma), self.knots, self.coef)
+
+    def to_dict(self) -> dict:
+        """JSON-able parameters: the backbone's ``a, b, rho, m, sigma`` and the correction."""
+        return {**self.base.to_dict(), "correction_knots": [float(k) for k in self.knots],
+                "correction_coef": [float(c) for c in self.coef]}
+
+
+def _lift(sl, da: float):
+    if isinstance(sl, SVISplineSlice):
+        return sl.lifted(da)
+    return SVISlice(a=sl.a + da, b=sl.b, rho=sl.rho, m=sl.m, sigma=sl.sigma)
+
+
+class _Problem:
+    """Least-squares objective of one slice in ``p = (v, u, rho, m, sigma, d_1..d_nb)`` (``nb = 0``: pure
+    SVI): vol residuals; penalties for ``g < G_MARGIN`` on the grid, for falling below the previous
+    expiry / rising above the next one (vols, on the grid), for rising above the caps, and (smoothing)
+    towards the prior slice; the correction's second differences and size. Analytic dense Jacobian."""
+
+    def __init__(self, y, iv, wt, T, yg, *, prev=None, nxt=None, nxt_grid=None, cap=None, prior=None,
+                 k_prior=0.0, knots=None, lam=0.0):
+        self.y, self.iv, self.T, self.yg = y, iv, T, yg
+        self.sq = np.sqrt(wt)
+        self.sc = np.sqrt(len(y) / len(yg)) * float(np.sqrt(np.mean(wt ** 2)))
+        self.knots = knots
+        pts = {"q": y, "g": yg}
+        self.w_lower = np.maximum(prev.derivs(yg)[0], 1e-12) if prev is not None else None
+        if nxt is not None:
+            pts["u"] = np.asarray(nxt_grid, float)
+            self.w_upper = np.maximum(nxt.derivs(pts["u"])[0], 0.0)
+        if cap is not None:
+            pts["c"] = np.asarray(cap[0], float)
+            self.w_cap = np.asarray(cap[1], float)
+        self.pts = pts
+        self.nb = 0
+        self.B = {}
+        if knots is not None:
+            for k, v in pts.items():
+                self.B[k] = _corr_basis(knots, v)
+            self.nb = self.B["q"][0].shape[1]
+            # the correction's penalty in vol units: d is total variance, dvol = dw / (2 sigma T)
+            vs = 1.0 / (2.0 * float(np.mean(iv)) * T)
+            nb = self.nb
+            self.P = np.sqrt(lam) * vs * np.sqrt(len(y) / max(nb - 2, 1)) * np.diff(np.eye(nb), n=2, axis=0)
+            self.R = np.sqrt(RIDGE * lam) * vs * np.sqrt(len(y) / nb) * np.eye(nb)
         self.k_prior = k_prior
-        self.v_prior = [np.sqrt(np.maximum(p.w(g), 0.0) / T) if (p is not None and k_prior > 0) else None
-                        for p, g, T in zip(priors or [None] * self.n, self.grids, self.Ts, strict=False)]
+        self.v_prior = np.sqrt(np.maximum(prior.w(yg), 0.0) / T) if (prior is not None and k_prior > 0) else None
+        self.npar = 5 + self.nb
 
-    def _parts(self, X, kg, kc, want_jac):
-        n = self.n
+    def _model(self, p, key, want_jac):
+        (w, w1, w2), J = _svi_jac(p[:5], self.pts[key], want_jac)
+        if self.nb:
+            d = p[5:]
+            B0, B1, B2 = self.B[key]
+            w, w1, w2 = w + B0 @ d, w1 + B1 @ d, w2 + B2 @ d
+            if want_jac:
+                J = (np.hstack([J[0], B0]), np.hstack([J[1], B1]), np.hstack([J[2], B2]))
+        return (w, w1, w2), J
+
+    def _parts(self, p, kg, kc, want_jac):
         rows, jrows = [], []
+        T, sc = self.T, self.sc
 
-        def add(r, cols=None):
-            rows.append(r)
-            if want_jac:
-                J = np.zeros((len(r), 5 * n))
-                for i, Ji in (cols or []):
-                    J[:, 5 * i: 5 * i + 5] += Ji
-                jrows.append(J)
-
-        for i in range(n):
-            x = X[5 * i: 5 * i + 5]
-            y, iv, wt = self.data[i]
-            T, yg, sc = self.Ts[i], self.grids[i], self.scales[i]
-            (w, _, _), J = _svi_jac(x, y, want_jac)
-            Jw = J[0] if want_jac else None
+        def vol(w, J):
             wq = np.maximum(w, 1e-12)
-            vq = np.sqrt(wq / T)
-            sq = np.sqrt(wt)
-            add(sq * (vq - iv), [(i, (sq / (2.0 * np.sqrt(wq * T)))[:, None] * Jw)] if want_jac else None)
-            (wg, wg1, wg2), J = _svi_jac(x, yg, want_jac)
-            Jg0, Jg1, Jg2 = J if want_jac else (None, None, None)
-            wp = np.maximum(wg, 1e-12)
-            g = butterfly_g(yg, wp, wg1, wg2)
-            act = (G_MARGIN - g) > 0
+            v = np.sqrt(wq / T)
+            return v, ((1.0 / (2.0 * np.sqrt(wq * T)))[:, None] * J if want_jac else None)
+
+        (w, _, _), J = self._model(p, "q", want_jac)
+        v, dv = vol(w, J[0] if want_jac else None)
+        rows.append(self.sq * (v - self.iv))
+        if want_jac:
+            jrows.append(self.sq[:, None] * dv)
+        (wg, wg1, wg2), Jg = self._model(p, "g", want_jac)
+        wp = np.maximum(wg, 1e-12)
+        g = butterfly_g(self.yg, wp, wg1, wg2)
+        act = (G_MARGIN - g) > 0
+        rows.append(kg * sc * np.maximum(0.0, G_MARGIN - g))
+        if want_jac:
+            g_w, g_w1 = _g_partials(self.yg, wp, wg1)
+            jrows.append(-(kg * sc) * act[:, None] * (g_w[:, None] * Jg[0] + g_w1[:, None] * Jg[1] + 0.5 * Jg[2]))
+        vg, dvg = vol(wg, Jg[0] if want_jac else None)
+        if self.w_lower is not None:
+            r = np.sqrt(self.w_lower / T) + 1e-5 - vg
+            rows.append(kc * sc * np.maximum(0.0, r))
             if want_jac:
-                g_w, g_w1 = _g_partials(yg, wp, wg1)
-                Jg = -(kg * sc) * act[:, None] * (g_w[:, None] * Jg0 + g_w1[:, None] * Jg1 + 0.5 * Jg2)
-            add(kg * sc * np.maximum(0.0, G_MARGIN - g), [(i, Jg)] if want_jac else None)
-            vg = np.sqrt(wp / T)
-            dvg = (1.0 / (2.0 * np.sqrt(wp * T)))[:, None] * Jg0 if want_jac else None
-            if i > 0 or self.w_lower is not None:
-                if i > 0:
-                    (wl, _, _), J = _svi_jac(X[5 * i - 5: 5 * i], yg, want_jac)
-                    Jl = J[0] if want_jac else None
-                else:
-                    wl, Jl = self.w_lower, None
-                wl = np.maximum(wl, 1e-12)
-                vl = np.sqrt(wl / T)
-                r = vl + 1e-5 - vg
-                a_ = (r > 0)[:, None]
-                cols = None
-                if want_jac:
-                    cols = [(i, -(kc * sc) * a_ * dvg)]
-                    if Jl is not None:
-                        cols.append((i - 1, (kc * sc) * a_ * (1.0 / (2.0 * np.sqrt(wl * T)))[:, None] * Jl))
-                add(kc * sc * np.maximum(0.0, r), cols)
-            if i == n - 1 and self.w_upper is not None:
-                (wu, _, _), J = _svi_jac(x, self.upper_grid, want_jac)
-                Ju = J[0] if want_jac else None
-                wu = np.maximum(wu, 1e-12)
-                r = np.sqrt(wu / T) + 1e-5 - np.sqrt(np.maximum(self.w_upper, 0.0) / T)
-                a_ = (r > 0)[:, None]
-                add(kc * sc * np.maximum(0.0, r),
-                    [(i, (kc * sc) * a_ * (1.0 / (2.0 * np.sqrt(wu * T)))[:, None] * Ju)] if want_jac else None)
-            if self.caps[i] is not None:
-                yc, wc = self.caps[i]
-                (wk, _, _), J = _svi_jac(x, yc, want_jac)
-                Jk = J[0] if want_jac else None
-                wk = np.maximum(wk, 1e-12)
-                r = np.sqrt(wk / T) - np.sqrt(wc / T)
-                a_ = (r > 0)[:, None]
-                add(kc * sc * np.maximum(0.0, r),
-                    [(i, (kc * sc) * a_ * (1.0 / (2.0 * np.sqrt(wk * T)))[:, None] * Jk)] if want_jac else None)
-            if self.v_prior[i] is not None:
-                kp = self.k_prior * sc
-                add(kp * (vg - self.v_prior[i]), [(i, kp * dvg)] if want_jac else None)
+                jrows.append(-(kc * sc) * (r > 0)[:, None] * dvg)
+        if "u" in self.pts:
+            (wu, _, _), Ju = self._model(p, "u", want_jac)
+            vu, dvu = vol(wu, Ju[0] if want_jac else None)
+            r = vu + 1e-5 - np.sqrt(self.w_upper / T)
+            rows.append(kc * sc * np.maximum(0.0, r))
+            if want_jac:
+                jrows.append((kc * sc) * (r > 0)[:, None] * dvu)
+        if "c" in self.pts:
+            (wk, _, _), Jk = self._model(p, "c", want_jac)
+            vk, dvk = vol(wk, Jk[0] if want_jac else None)
+            r = vk - np.sqrt(self.w_cap / T)
+            rows.append(kc * sc * np.maximum(0.0, r))
+            if want_jac:
+                jrows.append((kc * sc) * (r > 0)[:, None] * dvk)
+        if self.v_prior is not None:
+            kp = self.k_prior * sc
+            rows.append(kp * (vg - self.v_prior))
+            if want_jac:
+                jrows.append(kp * dvg)
+        if self.nb:
+            d = p[5:]
+            rows += [self.P @ d, self.R @ d]
+            if want_jac:
+                Z = np.zeros((self.nb - 2, 5))
+                jrows += [np.hstack([Z, self.P]), np.hstack([np.zeros((self.nb, 5)), self.R])]
         if want_jac:
             return np.vstack(jrows)
         return np.concatenate(rows)
 
-    def resid(self, X, kg, kc):
-        return self._parts(X, kg, kc, False)
+    def resid(self, p, kg, kc):
+        return self._parts(p, kg, kc, False)
 
-    def jac(self, X, kg, kc):
-        return self._parts(X, kg, kc, True)
+    def jac(self, p, kg, kc):
+        return self._parts(p, kg, kc, True)
 
-    def violations(self, X):
-        """``(min g, largest calendar shortfall in w)`` over the block's grids."""
-        g_min, gap = np.inf, -np.inf
-        for i in range(self.n):
-            yg = self.grids[i]
-            wg, wg1, wg2 = _svi_jac(X[5 * i: 5 * i + 5], yg, False)[0]
-            g_min = min(g_min, float(np.min(butterfly_g(yg, np.maximum(wg, 1e-12), wg1, wg2))))
-            if i > 0:
-                gap = max(gap, float(np.max(_svi_jac(X[5 * i - 5: 5 * i], yg, False)[0][0] - wg)))
-            elif self.w_lower is not None:
-                gap = max(gap, float(np.max(self.w_lower - wg)))
-            if i == self.n - 1 and self.w_upper is not None:
-                gap = max(gap, float(np.max(_svi_jac(X[5 * i: 5 * i + 5], self.upper_grid, False)[0][0] - self.w_upper)))
+    def violations(self, p):
+        """``(min g, largest calendar shortfall in w)`` on the grid."""
+        wg, wg1, wg2 = self._model(p, "g", False)[0]
+        g_min = float(np.min(butterfly_g(self.yg, np.maximum(wg, 1e-12), wg1, wg2)))
+        gap = -np.inf
+        if self.w_lower is not None:
+            gap = float(np.max(self.w_lower - wg))
+        if "u" in self.pts:
+            gap = max(gap, float(np.max(self._model(p, "u", False)[0][0] - self.w_upper)))
         return g_min, gap
 
-    def solve(self, X0, lb, ub, max_rounds: int = 4, max_nfev: int = 200):
-        """Bounded trust-region least squares; penalties x30 while violated. Returns ``(X, nfev, ok, msg)``."""
+    def solve(self, p0, lb, ub, max_rounds: int = 4, max_nfev: int = 200):
+        """Levenberg-Marquardt in box coordinates; penalties x30 while violated. ``(p, nfev, ok, msg)``."""
         kg, kc = 10.0, 10.0
-        X, nfev, ok, msg = np.clip(X0, lb, ub), 0, True, ""
+        p, nfev, ok, msg = np.clip(p0, lb, ub), 0, True, ""
         for _ in range(max_rounds):
-            X, nf, ok, msg = box_least_squares(self.resid, X, lb, ub, jac=self.jac, args=(kg, kc),
+            p, nf, ok, msg = box_least_squares(self.resid, p, lb, ub, jac=self.jac, args=(kg, kc),
                                                max_nfev=max_nfev, tol=1e-7)
             nfev += nf
-            g_min, gap = self.violations(X)
+            g_min, gap = self.violations(p)
             if g_min >= 0 and gap <= 0:
                 break
             kg, kc = kg * (30.0 if g_min < 0 else 1.0), kc * (30.0 if gap > 0 else 1.0)
-        return X, nfev, ok, str(msg)
+        return p, nfev, ok, str(msg)
 
-    def cost(self, X) -> float:
-        return float(np.sum(self.resid(X, 10.0, 10.0) ** 2))
+    def solve_correction(self, p0, max_rounds: int = 4, max_nfev: int = 100):
+        """Like ``solve`` with the backbone ``p0[:5]`` fixed: least squares in the correction only."""
+        x = p0[:5]
+        kg, kc = 10.0, 10.0
+        d, nfev, ok, msg = np.asarray(p0[5:], float), 0, True, ""
+        for _ in range(max_rounds):
+            sol = least_squares(lambda d, *a: self.resid(np.r_[x, d], *a), d,
+                                jac=lambda d, *a: self.jac(np.r_[x, d], *a)[:, 5:], args=(kg, kc),
+                                method="lm", x_scale="jac", xtol=1e-8, ftol=1e-8, gtol=1e-8, max_nfev=max_nfev)
+            d, nfev, ok, msg = sol.x, nfev + int(sol.nfev), bool(sol.status > 0), str(sol.message)
+            g_min, gap = self.violations(np.r_[x, d])
+            if g_min >= 0 and gap <= 0:
+                break
+            kg, kc = kg * (30.0 if g_min < 0 else 1.0), kc * (30.0 if gap > 0 else 1.0)
+        return np.r_[x, d], nfev, ok, msg
+
+    def cost(self, p) -> float:
+        return float(np.sum(self.resid(p, 10.0, 10.0) ** 2))
+
+    def data_cost(self, p) -> float:
+        w = self._model(p, "q", False)[0][0]
+        return float(np.sum((self.sq * (np.sqrt(np.maximum(w, 1e-12) / self.T) - self.iv)) ** 2))
 
 
 def _slice_bounds(y) -> tuple[np.ndarray, np.ndarray]:
@@ -373,9 +497,17 @@ def _slice_bounds(y) -> tuple[np.ndarray, np.ndarray]:
             np.array([np.inf, U_MAX, RHO_MAX, y_hi + 0.1, 2.0 * width]))
 
 
+def correction_lambda(smoothing: float) -> float:
+    """Curvature penalty of the spline correction for ``smoothing`` s in [0, 1):
+    ``lam = 10^(LAM_LOG0 + LAM_DECADES s)`` (relative to the data term, in vol units); the correction is
+    off at ``s >= CORR_OFF``."""
+    return 10.0 ** (LAM_LOG0 + LAM_DECADES * float(smoothing))
+
+
 @dataclass(frozen=True)
 class SliceFitInfo:
-    """Diagnostics of one slice fit: optimiser status, remaining penalties, start used."""
+    """Diagnostics of one slice fit: optimiser status, remaining penalties, start used, and whether the
+    spline correction was kept (``corrected``) with its largest size in vol bp (``correction_bp``)."""
 
     success: bool
     nfev: int
@@ -384,21 +516,24 @@ class SliceFitInfo:
     calendar_gap: float
     start: str
     lifted: float
+    corrected: bool = False
+    correction_bp: float = 0.0
 
 
 def fit_svi_slice(y, iv, wt, T: float, *, y_grid, start: SVISlice | None = None, prev=None, nxt=None,
                   nxt_grid=None, cap=None, prior: SVISlice | None = None,
-                  smoothing: float = 0.0) -> tuple[SVISlice, SliceFitInfo]:
-    """Fit one raw-SVI slice to implied vols with butterfly / calendar / prior penalties (module docstring).
+                  smoothing: float = 0.0, correction: bool = True):
+    """Fit one slice: raw SVI (the backbone) with butterfly / calendar / prior penalties, then (``correction``
+    and ``smoothing < CORR_OFF``) a spline correction on top (module docstring).
 
     ``y, iv, wt`` (N,): log-moneyness, mid implied vols, weights (mean about 1; residuals in vol units);
-    ``T`` years; ``y_grid`` (M,): where the penalties are evaluated; ``prev``: the previous expiry's slice
-    (anything with ``derivs``) for the calendar penalty from below; ``nxt``: the next expiry's slice, from
-    above, on ``nxt_grid``; ``cap``: ``(y_c, w_c)`` upper bounds on ``w`` (the next expiry's ask total
-    variances at its quotes: a slice that rose above them would force the next one out of its band);
-    ``prior``: the SSVI pre-fit slice (start and
-    smoothing target). Both starts (prior, quasi-explicit) are solved; the lower cost wins.
-    Returns the slice and a ``SliceFitInfo``.
+    ``T`` years; ``y_grid`` (M,): where the penalties are evaluated (refined inside the correction's
+    support); ``prev``: the previous expiry's slice (anything with ``derivs``) for the calendar penalty
+    from below; ``nxt``: the next expiry's slice, from above, on ``nxt_grid``; ``cap``: ``(y_c, w_c)``
+    upper bounds on ``w`` (the next expiry's ask total variances at its quotes: a slice that rose above
+    them would force the next one out of its band); ``prior``: the SSVI pre-fit slice (start and
+    smoothing target). Both starts (prior, quasi-explicit) get a short run; the better one is solved.
+    Returns ``(SVISlice | SVISplineSlice, SliceFitInfo)``.
     """
     y, iv, wt = (np.asarray(a, float) for a in (y, iv, wt))
     yg = np.asarray(y_grid, float)
@@ -407,8 +542,8 @@ def fit_svi_slice(y, iv, wt, T: float, *, y_grid, start: SVISlice | None = None,
         return prior, SliceFitInfo(True, 0, "smoothing = 1: the SSVI slice", float(np.min(prior.g(yg))), 0.0,
                                    "prior", 0.0)
     k_prior = np.sqrt(s / (1.0 - s)) if (prior is not None and s > 0) else 0.0
-    block = _Block([(y, iv, wt)], [yg], [T], lower=prev, upper=nxt, upper_grid=nxt_grid, priors=[prior],
-                   k_prior=k_prior, caps=[cap])
+    kw = dict(prev=prev, nxt=nxt, nxt_grid=nxt_grid, cap=cap, prior=prior, k_prior=k_prior)
+    prob = _Problem(y, iv, wt, T, yg, **kw)
     lb, ub = _slice_bounds(y)
     starts = []
     if start is not None:
@@ -424,14 +559,33 @@ def fit_svi_slice(y, iv, wt, T: float, *, y_grid, start: SVISlice | None = None,
     best = None
     nfev = 0
     for name, x0 in starts:
-        X, nf, ok, msg = block.solve(x0, lb, ub, max_rounds=1, max_nfev=15)
+        X, nf, ok, msg = prob.solve(x0, lb, ub, max_rounds=1, max_nfev=15)
         nfev += nf
-        if best is None or block.cost(X) < best[0]:
-            best = (block.cost(X), name, X)
+        c = prob.cost(X)
+        if best is None or c < best[0]:
+            best = (c, name, X)
     _, best_name, X = best
-    x0, nf, ok, msg = block.solve(X, lb, ub)
+    x0, nf, ok, msg = prob.solve(X, lb, ub, max_nfev=SVI_MAX_NFEV)
     nfev += nf
     sl = _from_x(x0)
+    corrected, corr_bp = False, 0.0
+    if correction and s < CORR_OFF and len(y) >= CORR_MIN_QUOTES and y_hi - y_lo > 1e-6:
+        knots = _corr_knots(y_lo, y_hi, len(y))
+        # refine the penalty grid inside the correction's support: g must hold between knots too
+        ygc = np.unique(np.r_[yg, np.linspace(knots[3], knots[-4], G_PER_SEG * (len(knots) - 7) + 1)])
+        pc = _Problem(y, iv, wt, T, ygc, knots=knots, lam=correction_lambda(s), **kw)
+        p0 = np.r_[x0, np.zeros(pc.nb)]
+        # the backbone stays fixed: the correction is a regularised fit of what SVI leaves (nearly
+        # linear in d, so a few Levenberg-Marquardt steps), and SVI cannot trade level for correction
+        p1, nf, ok1, msg1 = pc.solve_correction(p0, max_nfev=CORR_MAX_NFEV)
+        nfev += nf
+        cand = SVISplineSlice(_from_x(p1[:5]), tuple(float(k) for k in knots), tuple(float(c) for c in p1[5:]))
+        yf = np.linspace(min(ygc[0], knots[3]), max(ygc[-1], knots[-4]), 8 * len(ygc))
+        g_new, g_old = float(np.min(cand.g(yf))), float(np.min(sl.g(yf)))
+        better = pc.data_cost(p1) < pc.data_cost(p0)
+        if better and (g_new >= 0 or g_new >= g_old):
+            sl, ok, msg, corrected = cand, ok1, msg1, True
+            corr_bp = float(np.max(np.abs(cand.correction(y)[0]) / (2.0 * iv * T))) * 1e4
     lifted, gap = 0.0, -np.inf
     if prev is not None:
         # the penalty grid can miss a crossing between its points: check on a fine grid
@@ -440,9 +594,9 @@ def fit_svi_slice(y, iv, wt, T: float, *, y_grid, start: SVISlice | None = None,
         gap = float(np.max(w_prev - sl.w(yf)))
         if gap > 0:
             lifted = gap + 1e-10
-            sl = SVISlice(a=sl.a + lifted, b=sl.b, rho=sl.rho, m=sl.m, sigma=sl.sigma)
+            sl = _lift(sl, lifted)
         gap = float(np.max(w_prev - sl.w(yf)))
     g_min = float(np.min(sl.g(np.linspace(yg[0], yg[-1], 10 * len(yg)))))
     if not ok:
         warnings.warn(f"SVI slice T={T:.4f}: optimiser stopped: {msg}", ConvergenceWarning, stacklevel=2)
-    return sl, SliceFitInfo(ok, nfev, str(msg), g_min, gap, best_name, lifted)
+    return sl, SliceFitInfo(ok, nfev, str(msg), g_min, gap, best_name, lifted, corrected, corr_bp)

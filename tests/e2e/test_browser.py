@@ -114,9 +114,13 @@ def test_clip_band_changes_the_heatmap(page, app_url, artifacts):
     for _ in range(14):  # lower edge 2% -> 16%: above the demo's lowest local vols
         page.keyboard.press("ArrowRight")
     page.wait_for_timeout(300)
+    t0 = time.time()
     page.keyboard.press("Tab")
-    settle(page)
     page.wait_for_function("() => document.body.innerText.includes('clip band 16%-200%')", timeout=20_000)
+    seconds = time.time() - t0
+    print(f"clip change re-rendered in {seconds:.2f} s")
+    assert seconds < 10
+    settle(page)
     settle(page)
     heat = page.locator(CHARTS).nth(3)
     heat.scroll_into_view_if_needed()
@@ -189,4 +193,21 @@ def test_network_failure_is_a_message(page, app_url, artifacts):
     page.get_by_role("button", name="Use the demo market").click()
     settle(page)
     assert "Demo market" in page.inner_text("body")
+    no_exception(page)
+
+
+def test_smoothing_change_rerenders_quickly(page, app_url):
+    open_page(page, app_url, "Surfaces")
+    page.wait_for_selector(CHARTS)
+    slider = page.locator('[data-testid="stSidebar"] [data-testid="stSlider"]', has_text="Smoothing")
+    thumb = slider.get_by_role("slider").first
+    thumb.focus()
+    page.keyboard.press("ArrowRight")  # 0.00 -> 0.05: a new fit and local vol
+    t0 = time.time()
+    page.keyboard.press("Tab")
+    page.wait_for_function("() => document.body.innerText.includes('smoothing 0.05')", timeout=20_000)
+    seconds = time.time() - t0
+    print(f"smoothing change re-rendered in {seconds:.2f} s")
+    assert seconds < 15
+    settle(page)
     no_exception(page)
