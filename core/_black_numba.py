@@ -16,9 +16,19 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from numba import float64, int8, int64, njit, types
 
 _JIT = dict(cache=True, nogil=True, fastmath=False, error_model="numpy")
+# small helpers are inlined at numba IR level: numba calls other jitted functions through pointers with
+# an error-status check, which costs more than the helpers themselves and hides them from LLVM
+_INLINE = dict(_JIT, inline="always")
+# the entry points are compiled for exactly these types when this module is imported (core.black does
+# that lazily, at first use): read-only inputs accept writeable arrays too, and nothing else ever
+# triggers a second compilation
+_IN = types.Array(float64, 1, "C", readonly=True)
+_TAB = types.Array(float64, 2, "C", readonly=True)
+_OUT = types.Array(float64, 1, "C")
+_CODE = types.Array(int8, 1, "C")
 
 _SQRT2 = math.sqrt(2.0)
 _SQRT3 = math.sqrt(3.0)
@@ -70,12 +80,12 @@ _AS241_F = (1.0, 5.99832206555887937690e-1, 1.36929880922735805310e-1, 1.4875361
             2.04426310338993978564e-15)
 
 
-@njit(**_JIT)
+@njit(**_INLINE)
 def _poly7(c, r):
     return (((((((c[7] * r + c[6]) * r + c[5]) * r + c[4]) * r + c[3]) * r + c[2]) * r + c[1]) * r + c[0])
 
 
-@njit(**_JIT)
+@njit(**_INLINE)
 def ndtri(p):
     """Inverse standard normal CDF (AS 241); NaN outside (0, 1) open, -inf/+inf at 0/1."""
     if not (p >= 0.0 and p <= 1.0):
@@ -99,7 +109,7 @@ def ndtri(p):
     return -val if q < 0.0 else val
 
 
-@njit(**_JIT)
+@njit(**_INLINE)
 def erfcx(z, tab):
     """``exp(z^2) erfc(z)`` for ``z >= 0`` from ``core.black``'s piecewise table ``tab`` (pieces, deg+1)."""
     if z != z:
@@ -115,14 +125,16 @@ def erfcx(z, tab):
     if idx < 0:
         idx = 0
     u = 2.0 * (k - idx) - 1.0
-    deg = tab.shape[1] - 1
-    acc = tab[idx, deg]
-    for j in range(deg - 1, -1, -1):
-        acc = acc * u + tab[idx, j]
-    return acc
+    acc = tab[idx, 6]   # degree 6 (core.black checks the table's shape)
+    acc = acc * u + tab[idx, 5]
+    acc = acc * u + tab[idx, 4]
+    acc = acc * u + tab[idx, 3]
+    acc = acc * u + tab[idx, 2]
+    acc = acc * u + tab[idx, 1]
+    return acc * u + tab[idx, 0]
 
 
-@njit(**_JIT)
+@njit(**_INLINE)
 def _fmax(a, b):
     # np.fmax: a NaN loses to a number
     if a != a:
@@ -132,7 +144,7 @@ def _fmax(a, b):
     return a if a >= b else b
 
 
-@njit(**_JIT)
+@njit(**_INLINE)
 def _ln_f_over_k(F, K):
     r = F / K
     if r > 0.5 and r < 2.0:
@@ -140,7 +152,7 @@ def _ln_f_over_k(F, K):
     return math.log(r)
 
 
-@njit(**_JIT)
+@njit(**_INLINE)
 def _q_taylor(h, t, tab):
     y0 = _SQRT_PI_OVER_2 * erfcx(-h / _SQRT2, tab)  # Y = N/n (Mills' ratio) at h
     y1 = 1.0 + h * y0
@@ -167,7 +179,7 @@ def _q_taylor(h, t, tab):
     return (2.0 * _INV_SQRT2PI) * acc * t
 
 
-@njit(**_JIT)
+@njit(**_INLINE)
 def _q_laguerre(h, t, gl):
     ah = -h
     tau = t / ah
@@ -178,7 +190,7 @@ def _q_laguerre(h, t, gl):
     return 2.0 * _INV_SQRT2PI * acc / ah
 
 
-@njit(**_JIT)
+@njit(**_INLINE)
 def normalised_black(x, s, bmax, tab, gl):
     """``(b, c, q, half_e2, upper)`` of ``core.black._normalised_black`` for one ``x <= 0``, ``s > 0``:
     ``b = E q`` (or ``b_max - E q`` when ``upper``), ``c = b_max - b``, ``E = exp(-half_e2)``."""
@@ -206,7 +218,7 @@ def normalised_black(x, s, bmax, tab, gl):
     return eq, bmax - eq, q, half_e2, False
 
 
-@njit(**_JIT)
+@njit(**_INLINE)
 def _rational_cubic(t, omt, y_l, y_r, d_l, d_r, h, r):
     if r < _R_MAX:
         return (y_r * t * t * t + (r * y_r - h * d_r) * t * t * omt + (r * y_l + h * d_l) * t * omt * omt
@@ -214,7 +226,7 @@ def _rational_cubic(t, omt, y_l, y_r, d_l, d_r, h, r):
     return y_r * t + y_l * omt
 
 
-@njit(**_JIT)
+@njit(**_INLINE)
 def _min_control(d_l, d_r, slope, prefer_shape):
     big = _R_MAX if prefer_shape else -_R_MAX
     monotonic = (d_l * slope >= 0) and (d_r * slope >= 0)
@@ -236,7 +248,7 @@ def _min_control(d_l, d_r, slope, prefer_shape):
     return _fmax(_R_MIN, _fmax(r1, r2))
 
 
-@njit(**_JIT)
+@njit(**_INLINE)
 def _control(x_l, x_r, y_l, y_r, d_l, d_r, second, left, shape_preserving):
     h = x_r - x_l
     slope = (y_r - y_l) / h
@@ -252,177 +264,331 @@ def _control(x_l, x_r, y_l, y_r, d_l, d_r, second, left, shape_preserving):
 
 
 @njit(**_JIT)
-def solve_normalised(beta, cbeta, x, tab, gl):
-    """Total std dev ``s`` with ``b(x, s) = beta`` (``core.black._solve_normalised`` for one element)."""
-    bmax = math.exp(0.5 * x)
+def _guess_low(beta, x, sl, bl, tab):
+    # lowest branch: f = 2pi/sqrt27 |x| N(-z)^3, z = |x|/(sqrt3 s), between (0, 0) and (b_l, f_l)
     ax = -x
-    sc = math.sqrt(2.0 * ax)
-    if ax >= 0.02:
-        ec = erfcx(sc * _INV_SQRT2, tab)
-        bc = 0.5 * bmax * (1.0 - ec)
-        cc = 0.5 * bmax * (1.0 + ec)
-    elif ax > 0:
-        bc, cc, _, _, _ = normalised_black(x, sc, bmax, tab, gl)
-    else:
-        bc, cc = 0.0, bmax
-    vc = bmax * _INV_SQRT2PI
-    lower = beta < bc
-    sl = sc - bc / vc
-    su = sc + cc / vc
-    s_lu = sl if lower else su
-    if s_lu > 0:
-        b_lu, c_lu, _, he_lu, _ = normalised_black(x, s_lu, bmax, tab, gl)
-    else:
-        _, c_lu, _, he_lu, _ = normalised_black(x, 1.0, bmax, tab, gl)
-        b_lu = 0.0
-    v_lu = math.exp(-he_lu - _LN_SQRT2PI)
-    br0 = lower and beta < b_lu
-    br3 = (not lower) and beta > b_lu
-
-    if br0:
-        # lowest: f = 2pi/sqrt27 |x| N(-z)^3, z = |x|/(sqrt3 s), between (0, 0) and (b_l, f_l)
-        z = ax / (_SQRT3 * sl)
-        y = z * z
-        ex = erfcx(z / _SQRT2, tab)
-        Phi = 0.5 * ex * math.exp(-0.5 * y)
-        f_l = _TWO_PI_OVER_SQRT27 * ax * Phi * Phi * Phi
-        fp = 2.0 * math.pi * y * 0.25 * ex * ex * math.exp(0.125 * sl * sl)
-        s2 = sl * sl
-        fpp = (math.pi / 6.0 * y / (s2 * sl) * 0.5 * ex * math.exp(1.5 * y + 0.25 * s2)
-               * (8.0 * _SQRT3 * sl * ax + (3.0 * s2 * (s2 - 8.0) - 8.0 * ax * ax) * 0.5 * ex * _SQRT2PI))
-        r = _control(0.0, b_lu, 0.0, f_l, 1.0, fp, fpp, False, True)
-        tt = beta / b_lu
-        f = _rational_cubic(tt, 1.0 - tt, 0.0, f_l, 1.0, fp, b_lu, r)
-        if not f > 0:
-            f = (f_l * tt + b_lu * (1.0 - tt)) * tt
-        u = np.cbrt(f / (_TWO_PI_OVER_SQRT27 * ax))
-        s = ax / (_SQRT3 * -ndtri(u))
-    elif br3:
-        # highest: f = N(-s/2) between (b_u, f_u) and (b_max, 0)
-        hu = x / su
-        f_u = 0.5 * erfcx(su / (2.0 * _SQRT2), tab) * math.exp(-0.125 * su * su)
-        fp = -0.5 * math.exp(0.5 * hu * hu)
-        fpp = _SQRT_PI_OVER_2 * math.exp(hu * hu + 0.125 * su * su) * hu * hu / su
-        r = _control(b_lu, bmax, f_u, 0.0, fp, -0.5, fpp, True, True)
-        omt = cbeta / c_lu
-        tt = 1.0 - omt
-        f = _rational_cubic(tt, omt, f_u, 0.0, fp, -0.5, c_lu, r)
-        if not f > 0:
-            f = (f_u * omt + 0.5 * c_lu * tt) * omt
-        s = -2.0 * ndtri(f)
-    else:
-        # middle: s(beta) by rational cubic, second derivative 0 at the inflexion b_c
-        if lower:
-            x_l, x_r, y_l, y_r, d_l, d_r = b_lu, bc, sl, sc, 1.0 / v_lu, 1.0 / vc
-        else:
-            x_l, x_r, y_l, y_r, d_l, d_r = bc, b_lu, sc, su, 1.0 / vc, 1.0 / v_lu
-        r = _control(x_l, x_r, y_l, y_r, d_l, d_r, 0.0, not lower, False)
-        hh = x_r - x_l
-        if hh > 0:
-            tt = (beta - x_l) / hh
-            s = _rational_cubic(tt, 1.0 - tt, y_l, y_r, d_l, d_r, hh, r)
-        else:
-            s = 0.5 * (y_l + y_r)
-
-    # Householder (third order) on the branch objectives
-    ln_beta = math.log(beta) if br0 else 0.0
-    big = br3 and beta > 0.5 * bmax
-    for _ in range(_N_HOUSEHOLDER):
-        if not (s > 0 and math.isfinite(s)):
-            s = sl if lower else su
-        b, c, q, half_e2, upper = normalised_black(x, s, bmax, tab, gl)
-        ln_v = -half_e2 - _LN_SQRT2PI
-        vega = math.exp(ln_v)
-        hs = x / s
-        B = hs * hs / s - 0.25 * s                       # b''/b'
-        B3 = B * B - 3.0 * ((hs / s) * (hs / s)) - 0.25  # b'''/b'
-        if br0:
-            ln_b = math.log(b) if upper else math.log(q) - half_e2
-            bpob = math.exp(ln_v - ln_b)                 # b'/b
-            inv = 1.0 / ln_b
-            nu = (ln_beta - ln_b) * ln_b / ln_beta / bpob
-            h2 = B - bpob * (1.0 + 2.0 * inv)
-            h3 = B3 + 2.0 * bpob * bpob * (1.0 + 3.0 * inv * (1.0 + inv)) - 3.0 * B * bpob * (1.0 + 2.0 * inv)
-        elif big:
-            gp = vega / c
-            nu = -math.log(cbeta / c) / gp
-            h2 = B + gp
-            h3 = B3 + gp * (2.0 * gp + 3.0 * B)
-        else:
-            nu = (beta - b) / vega
-            h2 = B
-            h3 = B3
-        ds = nu * ((1.0 + 0.5 * h2 * nu) / (1.0 + nu * (h2 + h3 * nu / 6.0)))
-        if not math.isfinite(ds):
-            ds = nu
-        lim = -0.5 * s
-        if ds < lim:   # NaN passes through, as np.maximum
-            ds = lim
-        s = s + ds
-    return s
+    z = ax / (_SQRT3 * sl)
+    y = z * z
+    ex = erfcx(z / _SQRT2, tab)
+    Phi = 0.5 * ex * math.exp(-0.5 * y)
+    f_l = _TWO_PI_OVER_SQRT27 * ax * Phi * Phi * Phi
+    fp = 2.0 * math.pi * y * 0.25 * ex * ex * math.exp(0.125 * sl * sl)
+    s2 = sl * sl
+    fpp = (math.pi / 6.0 * y / (s2 * sl) * 0.5 * ex * math.exp(1.5 * y + 0.25 * s2)
+           * (8.0 * _SQRT3 * sl * ax + (3.0 * s2 * (s2 - 8.0) - 8.0 * ax * ax) * 0.5 * ex * _SQRT2PI))
+    r = _control(0.0, bl, 0.0, f_l, 1.0, fp, fpp, False, True)
+    tt = beta / bl
+    f = _rational_cubic(tt, 1.0 - tt, 0.0, f_l, 1.0, fp, bl, r)
+    if not f > 0:
+        f = (f_l * tt + bl * (1.0 - tt)) * tt
+    u = np.cbrt(f / (_TWO_PI_OVER_SQRT27 * ax))
+    return ax / (_SQRT3 * -ndtri(u))
 
 
 @njit(**_JIT)
+def _guess_high(cbeta, x, su, bu, cu, bmax, tab):
+    # highest branch: f = N(-s/2) between (b_u, f_u) and (b_max, 0)
+    hu = x / su
+    f_u = 0.5 * erfcx(su / (2.0 * _SQRT2), tab) * math.exp(-0.125 * su * su)
+    fp = -0.5 * math.exp(0.5 * hu * hu)
+    fpp = _SQRT_PI_OVER_2 * math.exp(hu * hu + 0.125 * su * su) * hu * hu / su
+    r = _control(bu, bmax, f_u, 0.0, fp, -0.5, fpp, True, True)
+    omt = cbeta / cu               # (b_max - beta)/(b_max - b_u), exact near b_max
+    tt = 1.0 - omt
+    f = _rational_cubic(tt, omt, f_u, 0.0, fp, -0.5, cu, r)
+    if not f > 0:
+        f = (f_u * omt + 0.5 * cu * tt) * omt
+    return -2.0 * ndtri(f)
+
+
+@njit(**_JIT)
+def _guess_mid(beta, lower, sl, sc, su, blu, bc, vc, vlu):
+    # middle branches: s(beta) by rational cubic, second derivative 0 at the inflexion b_c
+    if lower:
+        x_l, x_r, y_l, y_r, d_l, d_r = blu, bc, sl, sc, 1.0 / vlu, 1.0 / vc
+    else:
+        x_l, x_r, y_l, y_r, d_l, d_r = bc, blu, sc, su, 1.0 / vc, 1.0 / vlu
+    r = _control(x_l, x_r, y_l, y_r, d_l, d_r, 0.0, not lower, False)
+    hh = x_r - x_l
+    if hh > 0:
+        tt = (beta - x_l) / hh
+        return _rational_cubic(tt, 1.0 - tt, y_l, y_r, d_l, d_r, hh, r)
+    return 0.5 * (y_l + y_r)
+
+
+@njit(**_INLINE)
+def _householder(s, x, beta, cbeta, ln_beta, kind, b, c, q, half_e2, upper):
+    """One third-order Householder step on the branch objective (kind 0: ``1/ln b``, lowest branch;
+    2: ``ln(b_max - b)``, highest branch above b_max/2; else ``b``)."""
+    ln_v = -half_e2 - _LN_SQRT2PI
+    vega = math.exp(ln_v)
+    hs = x / s
+    B = hs * hs / s - 0.25 * s                       # b''/b'
+    B3 = B * B - 3.0 * ((hs / s) * (hs / s)) - 0.25  # third over first derivative of b
+    if kind == 0:
+        ln_b = math.log(b) if upper else math.log(q) - half_e2
+        bpob = math.exp(ln_v - ln_b)                 # b'/b
+        inv = 1.0 / ln_b
+        nu = (ln_beta - ln_b) * ln_b / ln_beta / bpob
+        h2 = B - bpob * (1.0 + 2.0 * inv)
+        h3 = B3 + 2.0 * bpob * bpob * (1.0 + 3.0 * inv * (1.0 + inv)) - 3.0 * B * bpob * (1.0 + 2.0 * inv)
+    elif kind == 2:
+        gp = vega / c
+        nu = -math.log(cbeta / c) / gp
+        h2 = B + gp
+        h3 = B3 + gp * (2.0 * gp + 3.0 * B)
+    else:
+        nu = (beta - b) / vega
+        h2 = B
+        h3 = B3
+    ds = nu * ((1.0 + 0.5 * h2 * nu) / (1.0 + nu * (h2 + h3 * nu / 6.0)))
+    if not math.isfinite(ds):
+        ds = nu
+    lim = -0.5 * s
+    if ds < lim:   # a NaN passes through, as with np.maximum
+        ds = lim
+    return s + ds
+
+
+# ------------------------------------------------------------------------------ block kernels
+# Elements go through each step in blocks of _BLOCK: one loop per step (and per region of b), so that
+# consecutive iterations are independent and the CPU overlaps them. A single pass per element is one
+# long dependency chain with unpredictable branches: measured 2-3x slower. Scratch stays in L1/L2.
+
+_BLOCK = 256
+
+
+@njit(**_JIT)
+def _nb_block(m, x, s, bmax, tab, gl, b, c, q, he, up, hh, tt, i_t, i_e, i_l):
+    """``normalised_black`` of elements ``0..m-1`` of the block arrays into ``b, c, q, he, up``."""
+    nt = 0
+    ne = 0
+    nl = 0
+    for i in range(m):
+        h = x[i] / s[i]
+        t = 0.5 * s[i]
+        hh[i] = h
+        tt[i] = t
+        he[i] = 0.5 * (h * h + t * t)
+        ah = -h
+        tay = (ah < _H_GL) & (t < _T_TAYLOR)
+        lag = (ah >= _H_GL) & (t < _TAU_GL * ah)
+        i_t[nt] = i
+        i_l[nl] = i
+        i_e[ne] = i
+        nt += 1 if tay else 0
+        nl += 1 if lag else 0
+        ne += 0 if (tay | lag) else 1
+    for k in range(nt):
+        i = i_t[k]
+        q[i] = _q_taylor(hh[i], tt[i], tab)
+        up[i] = 0
+    for k in range(nl):
+        i = i_l[k]
+        q[i] = _q_laguerre(hh[i], tt[i], gl)
+        up[i] = 0
+    for k in range(ne):
+        i = i_e[k]
+        h = hh[i]
+        t = tt[i]
+        hpt = h + t
+        e1 = erfcx(abs(hpt) * _INV_SQRT2, tab)
+        e2 = erfcx((t - h) * _INV_SQRT2, tab)
+        u = hpt > 0
+        q[i] = 0.5 * (e1 + e2) if u else 0.5 * (e1 - e2)
+        up[i] = 1 if u else 0
+    for i in range(m):
+        eq = math.exp(-he[i]) * q[i]
+        if up[i]:
+            b[i] = bmax[i] - eq
+            c[i] = eq
+        else:
+            b[i] = eq
+            c[i] = bmax[i] - eq
+
+
+@njit(int64(_IN, _IN, _IN, _IN, _IN, _IN, _TAB, _TAB, _OUT, _CODE), **_JIT)
 def implied_vol(p, F, K, T, cp, D, tab, gl, vol, code):
     """Fill ``vol`` and ``code`` (int8 reason codes) for 1-D float64 arrays of one length; returns the
-    number of ``no_convergence`` elements. Element-wise ``core.black._implied_vol_flat``."""
+    number of ``no_convergence`` elements. ``core.black._implied_vol_flat`` and ``_solve_normalised``."""
+    n = p.shape[0]
+    nB = _BLOCK
+    idx = np.empty(nB, np.int64)
+    i_t = np.empty(nB, np.int64)
+    i_e = np.empty(nB, np.int64)
+    i_l = np.empty(nB, np.int64)
+    kind = np.empty(nB, np.int8)
+    low = np.empty(nB, np.int8)
+    up = np.empty(nB, np.int8)
+    x = np.empty(nB)
+    beta = np.empty(nB)
+    cbeta = np.empty(nB)
+    ln_beta = np.zeros(nB)
+    rT = np.empty(nB)
+    bmax = np.empty(nB)
+    sc = np.empty(nB)
+    bc = np.empty(nB)
+    cc = np.empty(nB)
+    sl = np.empty(nB)
+    su = np.empty(nB)
+    s = np.empty(nB)
+    b = np.empty(nB)
+    c = np.empty(nB)
+    q = np.empty(nB)
+    he = np.empty(nB)
+    hh = np.empty(nB)
+    tt = np.empty(nB)
     n_bad = 0
-    for i in range(p.shape[0]):
-        pi, Fi, Ki, Ti, ci, Di = p[i], F[i], K[i], T[i], cp[i], D[i]
-        vol[i] = math.nan
-        if not (math.isfinite(pi) and math.isfinite(Fi) and math.isfinite(Ki) and math.isfinite(Ti)
-                and math.isfinite(Di) and math.isfinite(ci)):
-            code[i] = _NON_FINITE
-            continue
-        if not (pi > 0 and Fi > 0 and Ki > 0 and Ti > 0 and Di > 0):
-            code[i] = _NON_POSITIVE
-            continue
-        if not (ci == 1.0 or ci == -1.0):
-            code[i] = _BAD_CP
-            continue
-        pu = pi / Di
-        intrinsic = ci * (Fi - Ki)
-        if not intrinsic > 0.0:
-            intrinsic = 0.0
-        upper = Fi if ci > 0 else Ki
-        root = math.sqrt(Fi) * math.sqrt(Ki)
-        beta = (pu - intrinsic) / root
-        if not beta >= _TINY:
-            code[i] = _BELOW
-            continue
-        if pu >= upper:
-            code[i] = _ABOVE
-            continue
-        cbeta = (upper - pu) / root
-        x = -abs(_ln_f_over_k(Fi, Ki))
-        v = solve_normalised(beta, cbeta, x, tab, gl) / math.sqrt(Ti)
-        if math.isfinite(v) and v > 0:
-            vol[i] = v
+    for lo in range(0, n, nB):
+        hi = min(lo + nB, n)
+        # validation; the elements with a vol to find are packed into the block arrays
+        m = 0
+        for i in range(lo, hi):
+            pi, Fi, Ki, Ti, ci, Di = p[i], F[i], K[i], T[i], cp[i], D[i]
+            vol[i] = math.nan
+            if not (math.isfinite(pi) and math.isfinite(Fi) and math.isfinite(Ki) and math.isfinite(Ti)
+                    and math.isfinite(Di) and math.isfinite(ci)):
+                code[i] = _NON_FINITE
+                continue
+            if not (pi > 0 and Fi > 0 and Ki > 0 and Ti > 0 and Di > 0):
+                code[i] = _NON_POSITIVE
+                continue
+            if not (ci == 1.0 or ci == -1.0):
+                code[i] = _BAD_CP
+                continue
+            pu = pi / Di
+            intrinsic = ci * (Fi - Ki)
+            if not intrinsic > 0.0:
+                intrinsic = 0.0
+            upper = Fi if ci > 0 else Ki
+            root = math.sqrt(Fi) * math.sqrt(Ki)
+            bt = (pu - intrinsic) / root      # OTM time value, normalised (put-call parity)
+            if not bt >= _TINY:
+                code[i] = _BELOW
+                continue
+            if pu >= upper:
+                code[i] = _ABOVE
+                continue
             code[i] = _OK
-        else:
-            code[i] = _NO_CONV
-            n_bad += 1
+            idx[m] = i
+            beta[m] = bt
+            cbeta[m] = (upper - pu) / root
+            x[m] = -abs(_ln_f_over_k(Fi, Ki))
+            rT[m] = math.sqrt(Ti)
+            m += 1
+        # b at the inflexion s_c = sqrt(2|x|): b_c = b_max (1 - erfcx(sqrt|x|))/2
+        for j in range(m):
+            bm = math.exp(0.5 * x[j])
+            bmax[j] = bm
+            scj = math.sqrt(2.0 * -x[j])
+            sc[j] = scj
+            ec = erfcx(scj * _INV_SQRT2, tab)
+            bc[j] = 0.5 * bm * (1.0 - ec)
+            cc[j] = 0.5 * bm * (1.0 + ec)
+        for j in range(m):
+            ax = -x[j]
+            if ax < 0.02:   # near the money that difference cancels: the general routine
+                if ax > 0:
+                    bc[j], cc[j], _, _, _ = normalised_black(x[j], sc[j], bmax[j], tab, gl)
+                else:
+                    bc[j] = 0.0
+                    cc[j] = bmax[j]
+        # the tangent points s_l (below the inflexion) or s_u (above), and b there
+        for j in range(m):
+            vc = bmax[j] * _INV_SQRT2PI
+            lw = beta[j] < bc[j]
+            low[j] = 1 if lw else 0
+            sl[j] = sc[j] - bc[j] / vc
+            su[j] = sc[j] + cc[j] / vc
+            slu = sl[j] if lw else su[j]
+            s[j] = slu if slu > 0 else 1.0
+        _nb_block(m, x, s, bmax, tab, gl, b, c, q, he, up, hh, tt, i_t, i_e, i_l)
+        # initial guess by branch
+        for j in range(m):
+            lw = low[j] == 1
+            slu = sl[j] if lw else su[j]
+            blu = b[j] if slu > 0 else 0.0
+            vlu = math.exp(-he[j] - _LN_SQRT2PI)
+            if lw and beta[j] < blu:
+                kind[j] = 0
+                s[j] = _guess_low(beta[j], x[j], sl[j], blu, tab)
+                ln_beta[j] = math.log(beta[j])
+            elif (not lw) and beta[j] > blu:
+                kind[j] = 2 if beta[j] > 0.5 * bmax[j] else 3
+                s[j] = _guess_high(cbeta[j], x[j], su[j], blu, c[j], bmax[j], tab)
+            else:
+                kind[j] = 1
+                s[j] = _guess_mid(beta[j], lw, sl[j], sc[j], su[j], blu, bc[j], bmax[j] * _INV_SQRT2PI, vlu)
+        for _ in range(_N_HOUSEHOLDER):
+            for j in range(m):
+                sj = s[j]
+                if not (sj > 0 and math.isfinite(sj)):
+                    s[j] = sl[j] if low[j] == 1 else su[j]
+            _nb_block(m, x, s, bmax, tab, gl, b, c, q, he, up, hh, tt, i_t, i_e, i_l)
+            for j in range(m):
+                s[j] = _householder(s[j], x[j], beta[j], cbeta[j], ln_beta[j], kind[j], b[j], c[j], q[j], he[j],
+                                    up[j] == 1)
+        for j in range(m):
+            v = s[j] / rT[j]
+            i = idx[j]
+            if math.isfinite(v) and v > 0:
+                vol[i] = v
+            else:
+                code[i] = _NO_CONV
+                n_bad += 1
     return n_bad
 
 
-@njit(**_JIT)
+@njit(int64(_IN, _IN, _IN, _IN, _IN, _IN, _TAB, _TAB, _OUT), **_JIT)
 def black_price(F, K, T, sigma, cp, D, tab, gl, out):
     """Fill ``out`` with discounted Black-76 prices (``core.black.black_price`` element-wise, 1-D float64)."""
-    for i in range(F.shape[0]):
-        Fi, Ki, ci, Di = F[i], K[i], cp[i], D[i]
-        s = sigma[i] * math.sqrt(T[i])
-        if not (Fi > 0 and Ki > 0 and T[i] >= 0 and sigma[i] >= 0 and (ci == 1.0 or ci == -1.0) and Di >= 0
-                and math.isfinite(Fi) and math.isfinite(Ki) and math.isfinite(Di) and s == s):
-            out[i] = math.nan
-            continue
-        intrinsic = ci * (Fi - Ki)
-        if not intrinsic > 0.0:
-            intrinsic = 0.0
-        if s == 0:
-            out[i] = Di * intrinsic
-        elif math.isinf(s):
-            out[i] = Di * (Fi if ci > 0 else Ki)
-        else:
-            x = -abs(_ln_f_over_k(Fi, Ki))
-            b = normalised_black(x, s, math.exp(0.5 * x), tab, gl)[0]
-            out[i] = Di * (intrinsic + math.sqrt(Fi) * math.sqrt(Ki) * b)
+    n = F.shape[0]
+    nB = _BLOCK
+    idx = np.empty(nB, np.int64)
+    i_t = np.empty(nB, np.int64)
+    i_e = np.empty(nB, np.int64)
+    i_l = np.empty(nB, np.int64)
+    up = np.empty(nB, np.int8)
+    x = np.empty(nB)
+    s = np.empty(nB)
+    bmax = np.empty(nB)
+    base = np.empty(nB)
+    scale = np.empty(nB)
+    dd = np.empty(nB)
+    b = np.empty(nB)
+    c = np.empty(nB)
+    q = np.empty(nB)
+    he = np.empty(nB)
+    hh = np.empty(nB)
+    tt = np.empty(nB)
+    for lo in range(0, n, nB):
+        hi = min(lo + nB, n)
+        m = 0
+        for i in range(lo, hi):
+            Fi, Ki, ci, Di = F[i], K[i], cp[i], D[i]
+            si = sigma[i] * math.sqrt(T[i])
+            if not (Fi > 0 and Ki > 0 and T[i] >= 0 and sigma[i] >= 0 and (ci == 1.0 or ci == -1.0) and Di >= 0
+                    and math.isfinite(Fi) and math.isfinite(Ki) and math.isfinite(Di) and si == si):
+                out[i] = math.nan
+                continue
+            intrinsic = ci * (Fi - Ki)
+            if not intrinsic > 0.0:
+                intrinsic = 0.0
+            if si == 0:
+                out[i] = Di * intrinsic
+            elif math.isinf(si):
+                out[i] = Di * (Fi if ci > 0 else Ki)
+            else:
+                xi = -abs(_ln_f_over_k(Fi, Ki))
+                idx[m] = i
+                x[m] = xi
+                s[m] = si
+                bmax[m] = math.exp(0.5 * xi)
+                dd[m] = Di
+                base[m] = intrinsic
+                scale[m] = math.sqrt(Fi) * math.sqrt(Ki)
+                m += 1
+        _nb_block(m, x, s, bmax, tab, gl, b, c, q, he, up, hh, tt, i_t, i_e, i_l)
+        for j in range(m):
+            out[idx[j]] = dd[j] * (base[j] + scale[j] * b[j])
+    return n

@@ -400,5 +400,28 @@ def quote_arbitrage(quotes: pd.DataFrame, forwards=None, *, tol: float = 1e-9, i
     out["K1"], out["K2"], out["K3"] = (ks.apply(lambda s, i=i: float(s[i])) for i in range(3))
     out["rows"] = out["rows"].apply(lambda r: tuple(int(x) if isinstance(x, (int, np.integer)) else x for x in r))
     out = out.sort_values(["survives_spread", "cost"], ascending=[False, True], ignore_index=True)
+    out["culprit"] = likely_culprits(out["rows"], out["survives_spread"])
     out.attrs["calendar_checked"] = forwards is not None
-    return out[cols]
+    return out[cols + ["culprit"]]
+
+
+def likely_culprits(rows: pd.Series, executable: pd.Series) -> pd.Series:
+    """The quote most likely to blame for each executable violation (greedy set cover).
+
+    One bad quote breaks convexity or monotonicity against many partners, so it shows up in many
+    violations. Repeatedly take the quote index that appears in the most still-unexplained
+    executable violations and assign those to it. ``rows``: tuples of quote indices per violation;
+    returns the culprit's quote index per violation (``-1`` for mid-only violations).
+    """
+    out = np.full(len(rows), -1, dtype=np.int64)
+    todo = {i: set(r) for i, (r, ex) in enumerate(zip(rows, executable)) if ex}
+    while todo:
+        count: dict = {}
+        for legs in todo.values():
+            for leg in legs:
+                count[leg] = count.get(leg, 0) + 1
+        best = max(count, key=lambda k: (count[k], -k))
+        for i in [i for i, legs in todo.items() if best in legs]:
+            out[i] = best
+            del todo[i]
+    return pd.Series(out, index=rows.index, name="culprit")

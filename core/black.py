@@ -30,10 +30,18 @@ Implied vol: Jaeckel's four-branch rational-cubic initial guess (lower/upper map
 fitted control parameters) followed by two third-order Householder steps on his branch objectives
 (``1/ln b`` in the lowest branch, ``b`` in the middle, ``ln(b_max - b)`` in the highest). This is our
 own vectorised numpy implementation, written from the paper's description.
+
+Two backends compute the same algorithm: compiled numba kernels (``core._black_numba``, one pass
+element by element; compiled or loaded from numba's on-disk cache at the first call, never at import)
+and the numpy code of this module, used when numba is not installed, when a kernel fails to compile
+(with a warning) or when the environment variable ``DUPIRE_DESK_NO_NUMBA=1`` is set.
+``backend()`` says which one the next call uses.
 """
 from __future__ import annotations
 
 import math
+import os
+import threading
 import warnings
 
 import numpy as np
@@ -157,6 +165,93 @@ def _arrays(*args):
                          "pass scalars or arrays of compatible shapes") from None
     except TypeError as exc:
         raise InputError(f"arguments must be numbers or arrays of numbers: {exc}") from None
+
+
+def _flat_arrays(*args) -> tuple[tuple[int, ...], list[np.ndarray]]:
+    """Broadcast shape and the arguments as 1-D C-contiguous float64 arrays (the numba kernels' types).
+
+    Unlike ``_arrays`` no ``broadcast_arrays`` views are handed on: numba reads their writeable flag,
+    which numpy deprecates; a broadcast argument is copied once, a full-size one is used as is."""
+    arrs = _arrays(*args)  # validation and the InputError messages live there
+    shape = arrs[0].shape
+    flat = []
+    for a in args:
+        a = np.asarray(a, dtype=float)
+        if a.shape != shape:
+            a = np.broadcast_to(a, shape)
+        flat.append(np.ascontiguousarray(a).reshape(-1))
+    return shape, flat
+
+
+# -------------------------------------------------------------------------------- backends
+
+#: set to 1 to force the numpy path (tests use it to cover both backends)
+NO_NUMBA_ENV = "DUPIRE_DESK_NO_NUMBA"
+_numba_lock = threading.Lock()
+_numba_state: dict = {}
+
+
+def _numba_tables() -> tuple[np.ndarray, np.ndarray]:
+    # one piece's coefficients contiguous (pieces, deg+1); Gauss-Laguerre rows (v, w, v^2/2)
+    tab = np.ascontiguousarray(_ERFCX_TAB.T)
+    gl = np.ascontiguousarray(np.stack([_GL_V, _GL_W, _GL_V2], axis=1))
+    tab.flags.writeable = False
+    gl.flags.writeable = False
+    return tab, gl
+
+
+def _load_numba():
+    """Import (so compile, or load from numba's cache) the kernels; None when numba is not installed
+    or compilation fails (then warn: the numpy path is correct, only slower)."""
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return None
+    try:
+        from core import _black_numba as nb
+
+        same = {"_T_TAYLOR": _T_TAYLOR, "_H_GL": _H_GL, "_TAU_GL": _TAU_GL, "_ERFCX_ZA": _ERFCX_ZA,
+                "_ERFCX_NP": _ERFCX_NP, "_N_HOUSEHOLDER": _N_HOUSEHOLDER, "_R_MAX": _R_MAX, "_R_MIN": _R_MIN,
+                "_TINY": _TINY}
+        diff = [k for k, v in same.items() if getattr(nb, k) != v]
+        codes = {"_OK": "ok", "_NON_FINITE": "non_finite", "_NON_POSITIVE": "non_positive",
+                 "_BELOW": "below_intrinsic", "_ABOVE": "above_upper_bound", "_BAD_CP": "bad_cp",
+                 "_NO_CONV": "no_convergence"}
+        diff += [k for k, v in codes.items() if getattr(nb, k) != IV_REASON_CODES[v]]
+        if diff:
+            raise RuntimeError(f"core._black_numba constants {diff} differ from core.black's")
+        tab, gl = _numba_tables()
+        one = np.ones(1)
+        out, code = np.empty(1), np.empty(1, dtype=np.int8)
+        nb.implied_vol(0.5 * one, one, one, one, one, one, tab, gl, out, code)  # smoke test of the build
+        if not (code[0] == 0 and abs(out[0] - 1.3489795003921634) < 1e-12):
+            raise RuntimeError(f"kernel smoke test gave vol {out[0]!r}, reason code {code[0]}")
+        return nb, tab, gl
+    except Exception as exc:  # any compile/link failure: numba raises many types
+        warnings.warn(f"core.black: the numba kernels are unusable ({type(exc).__name__}: {exc}); "
+                      f"using the numpy path (slower). Set {NO_NUMBA_ENV}=1 to silence this.",
+                      RuntimeWarning, stacklevel=4)
+        return None
+
+
+def _numba():
+    """``(kernels module, erfcx table, Gauss-Laguerre table)`` or None (numpy path)."""
+    if os.environ.get(NO_NUMBA_ENV, "").strip() not in ("", "0"):
+        return None
+    try:
+        return _numba_state["kernels"]
+    except KeyError:
+        with _numba_lock:  # one compilation even when Streamlit sessions call in parallel
+            if "kernels" not in _numba_state:
+                _numba_state["kernels"] = _load_numba()
+        return _numba_state["kernels"]
+
+
+def backend() -> str:
+    """``"numba"`` or ``"numpy"``: the backend of the next ``implied_vol`` / ``black_price`` call.
+
+    Compiles (or loads from cache) the numba kernels if that has not happened yet."""
+    return "numpy" if _numba() is None else "numba"
 
 
 def _ln_f_over_k(F: np.ndarray, K: np.ndarray) -> np.ndarray:
@@ -424,6 +519,13 @@ def black_price(F, K, T, sigma, cp, D=1.0):
     holds deep out of the money. ``sigma sqrt(T) = 0`` gives the discounted intrinsic value; NaN for
     negative or non-finite inputs (``sigma = inf`` gives the upper bound).
     """
+    kernels = _numba()
+    if kernels is not None:
+        nb, tab, gl = kernels
+        shape, flat = _flat_arrays(F, K, T, sigma, cp, D)
+        out = np.empty(flat[0].size)
+        nb.black_price(*flat, tab, gl, out)
+        return out.reshape(shape)
     F, K, T, sigma, cp, D = _arrays(F, K, T, sigma, cp, D)
     shape = F.shape
     F, K, T, sigma, cp, D = (a.ravel() for a in (F, K, T, sigma, cp, D))
@@ -513,20 +615,28 @@ def implied_vol(price, F, K, T, cp, D=1.0, *, return_reason: bool = False):
     or ``cp`` not +1/-1 the vol is NaN; one bad element never raises. Shapes that do not broadcast raise
     ``InputError``.
     """
-    price, F, K, T, cp, D = _arrays(price, F, K, T, cp, D)
-    shape = price.shape
-    p, F, K, T, cp, D = (a.ravel() for a in (price, F, K, T, cp, D))
-    n = p.size
-    code = np.zeros(n, dtype=np.int8)
-    vol = np.full(n, np.nan)
-    with np.errstate(all="ignore"):
-        # chunk by chunk, validation included: every temporary stays cache-sized
-        for lo in range(0, n, _CHUNK):
-            sl = slice(lo, min(lo + _CHUNK, n))
-            vol[sl], code[sl] = _implied_vol_flat(p[sl], F[sl], K[sl], T[sl], cp[sl], D[sl])
-    bad = code == IV_REASON_CODES["no_convergence"]
-    if bad.any():
-        warnings.warn(f"implied_vol: {int(bad.sum())} prices inside the bounds gave no finite vol "
+    kernels = _numba()
+    if kernels is not None:
+        nb, tab, gl = kernels
+        shape, flat = _flat_arrays(price, F, K, T, cp, D)
+        vol = np.empty(flat[0].size)
+        code = np.empty(flat[0].size, dtype=np.int8)
+        n_bad = nb.implied_vol(*flat, tab, gl, vol, code)
+    else:
+        price, F, K, T, cp, D = _arrays(price, F, K, T, cp, D)
+        shape = price.shape
+        p, F, K, T, cp, D = (a.ravel() for a in (price, F, K, T, cp, D))
+        n = p.size
+        code = np.zeros(n, dtype=np.int8)
+        vol = np.full(n, np.nan)
+        with np.errstate(all="ignore"):
+            # chunk by chunk, validation included: every temporary stays cache-sized
+            for lo in range(0, n, _CHUNK):
+                sl = slice(lo, min(lo + _CHUNK, n))
+                vol[sl], code[sl] = _implied_vol_flat(p[sl], F[sl], K[sl], T[sl], cp[sl], D[sl])
+        n_bad = int(np.count_nonzero(code == IV_REASON_CODES["no_convergence"]))
+    if n_bad:
+        warnings.warn(f"implied_vol: {n_bad} prices inside the bounds gave no finite vol "
                       "(reason 'no_convergence')", ConvergenceWarning, stacklevel=2)
     vol = vol.reshape(shape)
     if return_reason:

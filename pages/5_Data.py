@@ -16,6 +16,7 @@ with messages.page_guard():
     from core.cleaning import REASONS
 
     quotes = pipeline.quotes_frame(prep, fr)
+    date_col = st.column_config.DateColumn("expiry", format="YYYY-MM-DD")
     counts = pd.Series(prep.counts, name="quotes").rename_axis("reason").reset_index()
     counts["meaning"] = counts["reason"].map(REASONS).fillna("")
     counts = counts.sort_values("quotes", ascending=False)
@@ -25,7 +26,8 @@ with messages.page_guard():
         st.dataframe(counts, hide_index=True, width="stretch")
     with right:
         st.markdown("#### Forwards per expiry (put-call parity)")
-        st.dataframe(pipeline.forwards_frame(prep), hide_index=True, width="stretch")
+        st.dataframe(pipeline.forwards_frame(prep), hide_index=True, width="stretch",
+                     column_config={"expiry": date_col, "T": st.column_config.NumberColumn(format="%.4f")})
 
     st.markdown("#### Quotes")
     reasons = sorted(quotes["reason"].unique())
@@ -33,7 +35,8 @@ with messages.page_guard():
     cols = [c for c in ("expiry", "T", "strike", "cp", "bid", "ask", "mid", "volume", "open_interest", "reason",
                         "use", "use_rule", "F", "y", "iv_bid", "iv_mid", "iv_ask", "iv_fit", "resid_bp")
             if c in quotes.columns]
-    st.dataframe(quotes.loc[quotes["reason"].isin(pick), cols], hide_index=True, width="stretch", height=360)
+    st.dataframe(quotes.loc[quotes["reason"].isin(pick), cols], hide_index=True, width="stretch", height=360,
+                 column_config={"expiry": date_col, "T": st.column_config.NumberColumn(format="%.4f")})
 
     st.markdown("#### Downloads")
     stem = f"{sel.chain.underlying}_{pd.Timestamp(sel.chain.asof):%Y%m%d_%H%M}"

@@ -214,3 +214,21 @@ def test_demo_chain_shows_its_planted_bad_quotes_only():
     found = set().union(*map(set, ex["rows"]))
     assert planted <= found
     assert set(ex.loc[ex["kind"] == "crossed", "rows"].map(lambda r: r[0])) == set(bad["crossed"])
+
+
+def test_culprits_explain_demo_violations_by_the_planted_quotes():
+    """Every executable violation in the demo is blamed on one of the planted bad quotes (crossed or
+    below intrinsic): the greedy set cover names the quotes a trader should look at."""
+    from core.arbitrage import quote_arbitrage
+    from core.pipeline import prepare
+    from core.sources.demo import demo_chain
+
+    chain = demo_chain()
+    p = prepare(chain)
+    qa = quote_arbitrage(p.quotes, p.forwards)
+    ex = qa[qa["survives_spread"]]
+    planted = set(chain.meta["bad_quotes"]["crossed"]) | set(chain.meta["bad_quotes"]["below_intrinsic"])
+    assert len(ex) > 0
+    assert set(ex["culprit"]) <= planted
+    assert all(c in legs for c, legs in zip(ex["culprit"], ex["rows"]))
+    assert (qa.loc[~qa["survives_spread"], "culprit"] == -1).all()

@@ -636,7 +636,56 @@ def test_fit_surface(qf, method, smoothing):
         except FitError as exc:
             assert str(exc)
             return
+        except ValueError as exc:
+            if method == "ssvi" and "'lm'" in str(exc):
+                return   # known bug: test_fit_surface_ssvi_one_expiry_smoothing (xfail)
+            raise
+    if method == "smooth" and (q["iv_mid"] > 5).any():
+        fit_iv = fr.residuals["iv_fit"]
+        if not (np.isfinite(fit_iv).all() and (fit_iv > 0).all()):
+            return   # known bug: test_fit_surface_smooth_outlier_vol (xfail)
     _check_fit(fr, q)
+
+
+def _slice_quotes(T, ys, ivs):
+    fwd = flat_forwards(100.0, 0.02, 0.0, [T])
+    F = float(fwd.F(T))
+    ys, ivs = np.asarray(ys, float), np.asarray(ivs, float)
+    q = pd.DataFrame({"expiry": pd.Timestamp("2026-06-15"), "T": T, "strike": F * np.exp(ys), "y": ys,
+                      "iv_mid": ivs, "iv_bid": ivs - 0.001, "iv_ask": ivs + 0.001})
+    return q, fwd
+
+
+@pytest.mark.xfail(strict=True, reason="BUG (core/surface/ssvi_fit.py, fit_surface method='ssvi'): one expiry with 5 "
+                   "quotes and smoothing > 0 raises scipy's ValueError \"Method 'lm' doesn't work when the number of "
+                   "residuals is less than the number of variables\" instead of a fit or FitError")
+@pytest.mark.parametrize("smoothing", [0.3, 1.0])
+def test_fit_surface_ssvi_one_expiry_smoothing(smoothing):
+    from core.surface.fit import fit_surface
+
+    ys = [-0.6, -0.5, -0.48, 0.0, 0.78]
+    q, fwd = _slice_quotes(1.0, ys, [0.2 + 0.02 * y * y for y in ys])
+    try:
+        fr = fit_surface(q, fwd, method="ssvi", smoothing=smoothing)
+    except FitError:
+        return
+    _check_fit(fr, q.assign(use=True))
+
+
+@pytest.mark.xfail(strict=True, reason="BUG (core/surface/smooth.py, fit_surface method='smooth'): one outlier quote "
+                   "with a 2000% implied vol (Yahoo sends such values) makes the fitted vol exactly 0 at every quote "
+                   "of the slice (smoothing 0 and 0.3), silently")
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
+def test_fit_surface_smooth_outlier_vol(smoothing):
+    from core.surface.fit import fit_surface
+
+    ys = [-0.25, -0.17, 0.0, 0.42, 0.48, 0.58]
+    ivs = [0.22 - 0.05 * y for y in ys[:-1]] + [20.0]
+    q, fwd = _slice_quotes(5.0, ys, ivs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fr = fit_surface(q, fwd, method="smooth", smoothing=smoothing)
+    assert (fr.residuals["iv_fit"] > 0.05).all()
 
 
 @given(st.sampled_from(["ssvi", "SSVI", "", None, 3]), st.one_of(nasty_float, st.text(max_size=3)),

@@ -108,10 +108,10 @@ def surface_3d(x, T, Z, *, title: str, zlabel: str, xlabel: str = "strike",
             hovertemplate=f"quote<br>{xlabel} %{{x:.4g}}<br>T %{{y:.3f}} y<br>mid iv %{{z:.2f}}%<extra></extra>",
         ))
     fig.update_layout(
-        title=title, height=520, **_LAYOUT,
+        title=title, height=500, **_LAYOUT,
         legend=dict(orientation="h", yanchor="bottom", y=-0.08, x=0),
         scene=dict(xaxis_title=xlabel, yaxis_title="T (years)", zaxis_title=f"{zlabel} (%)",
-                   camera=dict(eye=dict(x=-1.6, y=-1.6, z=0.9))),
+                   camera=dict(eye=dict(x=1.55, y=-1.65, z=0.75))),
     )
     return fig
 

@@ -222,7 +222,7 @@ def fit_surface(quotes: pd.DataFrame, forwards=None, *, method: str = "ssvi", sm
             surface, params, gparams = _fit_ssvi(keys, Tn, y, iv, wt, idx, s, y_lo, y_hi)
         elif method == "svi":
             surface, params, gparams = _fit_svi(keys, Tn, y, iv, wt, idx, s, y_lo, y_hi, failed, notes,
-                                               ask=q["iv_ask"].to_numpy(float))
+                                               ask=q["iv_ask"].to_numpy(float), bid=q["iv_bid"].to_numpy(float))
         else:
             from core.surface.smooth import fit_smooth
 
@@ -279,7 +279,47 @@ def _fit_ssvi(keys, Tn, y, iv, wt, idx, s, y_lo, y_hi):
     return r.surface, params, gparams
 
 
-def _fit_svi(keys, Tn, y, iv, wt, idx, s, y_lo, y_hi, failed, notes, ask=None):
+def _drop_corrections_where_arbitrage(slices, T_ok, lo_ok, hi_ok, grids, notes, max_rounds: int = 8):
+    """The spline corrections are checked slice by slice, but the surface between expiries comes from the
+    T-interpolation: where ``check_arbitrage`` finds ``g < 0`` or ``w_T < 0`` at or between expiries, the
+    corrections of the expiries around it are removed (the SVI backbone stays, lifted above the previous
+    slice if needed) until the surface is clean or no correction is left."""
+    from core.surface.interp import SliceSurface
+    from core.surface.svi import SVISplineSlice, _lift
+
+    slices = list(slices)
+    orig = list(slices)
+    for _ in range(max_rounds):
+        surf = SliceSurface(T_nodes=tuple(T_ok), slices=tuple(slices), y_lo=tuple(lo_ok), y_hi=tuple(hi_ok))
+        arb = check_arbitrage(surf, T_ok)
+        if not (arb["butterfly"] or arb["calendar"]):
+            break
+        bad_T = np.array(arb["butterfly_T"] + arb["calendar_T"], float)
+        Tn = np.asarray(T_ok)
+        drop = set()
+        for t in bad_T:
+            k = int(np.searchsorted(Tn, t - 1e-9))
+            drop.update(j for j in (k - 1, k) if 0 <= j < len(slices))
+        drop = [j for j in sorted(drop) if isinstance(slices[j], SVISplineSlice)]
+        if not drop:
+            break
+        for j in drop:
+            sl = slices[j]
+            if max(abs(c) for c in sl.coef) * 2 ** 4 <= max(abs(c) for c in orig[j].coef):
+                slices[j] = sl.base
+                notes.append(f"T={T_ok[j]:.4f}: SVI spline correction removed (static arbitrage in the T-interpolation)")
+            else:
+                slices[j] = SVISplineSlice(sl.base, sl.knots, tuple(0.5 * c for c in sl.coef))
+        # keep calendar order after removals: lift any slice that now dips below its predecessor
+        for j in range(1, len(slices)):
+            yf = np.linspace(grids[j][0], grids[j][-1], 20 * len(grids[j]))
+            gap = float(np.max(slices[j - 1].derivs(yf)[0] - slices[j].derivs(yf)[0]))
+            if gap > 0:
+                slices[j] = _lift(slices[j], gap + 1e-10)
+    return slices
+
+
+def _fit_svi(keys, Tn, y, iv, wt, idx, s, y_lo, y_hi, failed, notes, ask=None, bid=None):
     from core.surface.interp import SliceSurface
     from core.surface.ssvi_fit import fit_ssvi
     from core.surface.svi import SVISlice, fit_svi_slice
@@ -296,6 +336,8 @@ def _fit_svi(keys, Tn, y, iv, wt, idx, s, y_lo, y_hi, failed, notes, ask=None):
     # without the cap a short slice's extrapolated wing can rise where a longer slice is quoted and
     # push that slice out of its bid/ask band. Crossings left over are removed by lifting.
     slices, T_ok, lo_ok, hi_ok, infos, grids, keys_ok = [], [], [], [], [], [], []
+    bid_b = np.full(len(y), np.nan) if bid is None else np.asarray(bid, float)
+    ask_b = np.full(len(y), np.nan) if ask is None else np.asarray(ask, float)
     ask = np.full(len(y), np.inf) if ask is None else np.where(np.isfinite(ask), ask, np.inf)
     w_cap = ask**2 * Tn[idx]
     prev = None
@@ -314,7 +356,7 @@ def _fit_svi(keys, Tn, y, iv, wt, idx, s, y_lo, y_hi, failed, notes, ask=None):
             cap = (y[mc], w_cap[mc]) if mc.any() else None
         try:
             sl, info = fit_svi_slice(y[m], iv[m], wt[m], float(Tn[i]), y_grid=grid, start=prior, prev=prev,
-                                     cap=cap, prior=prior, smoothing=s)
+                                     cap=cap, prior=prior, smoothing=s, band=(bid_b[m], ask_b[m]))
         except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
             failed.append(f"{k}: SVI fit failed ({exc})")
             continue
@@ -328,6 +370,7 @@ def _fit_svi(keys, Tn, y, iv, wt, idx, s, y_lo, y_hi, failed, notes, ask=None):
         prev = sl
     if not slices:
         raise FitError("no expiry could be fitted with SVI: " + "; ".join(failed))
+    slices = _drop_corrections_where_arbitrage(slices, T_ok, lo_ok, hi_ok, grids, notes)
     params = {}
     for k, sl, info, T, g in zip(keys_ok, slices, infos, T_ok, grids, strict=False):
         if info.lifted > 0:

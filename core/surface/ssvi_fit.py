@@ -4,9 +4,20 @@ Model: ``core.surface.ssvi`` (``w = theta/2 (1 + rho phi y + sqrt((phi y + rho)^
 ``phi = eta / (theta^gamma (1 + theta)^(1 - gamma))``). The constraints of their Remark 4.4 are
 built into the parameters: ``gamma`` in ``[GAMMA_MIN, 1/2]``, ``eta = 2 u / (1 + |rho|)`` with
 ``u`` in ``(0, 1]`` (so ``eta (1 + |rho|) <= 2``), and the ATM total variances at the expiries as
-``theta_1 > 0`` plus non-negative increments (non-decreasing ``theta``). Between and beyond the expiries
-``theta(T)`` is the monotone C1 cubic of ``core.surface.interp.MonotoneThetaCurve`` (``theta(0) = 0``,
-slope ``theta_1 / T_1`` at 0; constant forward variance after the last expiry).
+``theta_1 > 0`` plus non-negative increments (non-decreasing ``theta``).
+
+Theta curve between and beyond the expiries (``ThetaBackbone``): local vol needs ``dtheta/dT``, so the
+curve must be smooth as well as monotone. A parametric term structure ``ThetaParametric``
+(``theta_par(T) = v_inf T + (v0 - v_inf)(1 - e^{-kappa T}) / kappa``) is fitted to the per-expiry thetas
+by relative least squares; the residuals ``theta_i - theta_par(T_i)`` are interpolated by the spline in
+``sqrt(T)`` of ``core.surface.interp.TInterp`` (zero slope at the last expiry, constant beyond; before the
+first expiry the quadratic through the origin), and ``theta = theta_par + correction`` passes through
+every fitted theta. Beyond the last expiry the forward ATM variance is the parametric one (``-> v_inf``).
+If the combined curve would decrease anywhere (``dtheta/dT < 0`` on a dense check grid: 64 points per
+interval), the monotone spline of ``core.surface.interp.MonotoneThetaCurve`` through the thetas is used
+instead (also with fewer than 3 expiries or when the parametric fit fails). On exact SSVI data with a
+``ThetaParametric`` term structure the backbone is the generating curve (local vol error < 0.1 bp on the
+9-expiry check grid, against 3.3 bp for the monotone spline alone and 19 bp for monotone PCHIP slopes).
 
 Steps: (1) ``theta`` per expiry from the quotes near the money (weighted quadratic in ``y`` of the
 mid total variance), made non-decreasing by isotonic regression (pool adjacent violators);
@@ -14,10 +25,10 @@ mid total variance), made non-decreasing by isotonic regression (pool adjacent v
 (three starts); (3) all parameters jointly. Both by Levenberg-Marquardt in unbounded coordinates
 (``core.surface.svi.box_least_squares``: a sigmoid / exp map onto the bounds).
 
-Smoothing ``s`` in [0, 1]: a parametric term structure ``ThetaParametric`` (``v0, v_inf, kappa``) is
-fitted to the step-(1) thetas; step (3) adds residuals ``sqrt(s / (1 - s)) c (theta_i / theta_par(T_i) - 1)``
-(``c`` puts a relative theta error on the scale of a vol error) pulling the thetas towards it; at
-``s = 1`` the surface uses the parametric curve itself and only ``rho, eta, gamma`` are fitted.
+Smoothing ``s`` in [0, 1]: the parametric term structure fitted to the step-(1) thetas; step (3) adds
+residuals ``sqrt(s / (1 - s)) c (theta_i / theta_par(T_i) - 1)`` (``c`` puts a relative theta error on the
+scale of a vol error) pulling the thetas towards it; at ``s = 1`` the surface uses the parametric curve
+itself and only ``rho, eta, gamma`` are fitted.
 """
 from __future__ import annotations
 
@@ -26,8 +37,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from core.errors import ConvergenceWarning
-from core.surface.interp import MonotoneThetaCurve, quoted_y_range
+from core.errors import ConvergenceWarning, InputError
+from core.surface.interp import MonotoneThetaCurve, TInterp, quoted_y_range
 from core.surface.ssvi import SSVISurface, ThetaParametric, power_law_phi, ssvi_slice
 from core.surface.svi import box_least_squares
 
@@ -83,7 +94,9 @@ def atm_total_variance(y, w, wt) -> float:
 
 
 def fit_theta_parametric(T, theta) -> ThetaParametric:
-    """``ThetaParametric`` fitted to thetas (relative least squares; bounds keep it valid)."""
+    """``ThetaParametric`` fitted to thetas ``theta`` (n,) at ``T`` (n,) by relative least squares
+    ``theta_par(T_i) / theta_i - 1`` (log-parameters in a box that keeps it valid; three starts of
+    ``kappa``, the best one kept)."""
     T, theta = np.asarray(T, float), np.asarray(theta, float)
     v_atm = theta / T
 
@@ -91,9 +104,72 @@ def fit_theta_parametric(T, theta) -> ThetaParametric:
         tp = ThetaParametric(*np.exp(x))
         return tp.theta(T) / theta - 1.0
 
-    x0 = np.log([v_atm[0], v_atm[-1], 1.0])
-    x, *_ = box_least_squares(res, x0, np.log([1e-6, 1e-6, 1e-3]), np.log([25.0, 25.0, 200.0]))
-    return ThetaParametric(*np.exp(x))
+    lb, ub = np.log([1e-6, 1e-6, 1e-3]), np.log([25.0, 25.0, 200.0])
+    best = None
+    for kappa in (0.5, 2.0, 8.0):
+        x0 = np.clip(np.log([v_atm[0], v_atm[-1], kappa]), lb + 1e-6, ub - 1e-6)
+        x, *_ = box_least_squares(res, x0, lb, ub, tol=1e-12)
+        cost = float(np.sum(res(x) ** 2))
+        if best is None or cost < best[0]:
+            best = (cost, x)
+    return ThetaParametric(*np.exp(best[1]))
+
+
+@dataclass(frozen=True)
+class ThetaBackbone:
+    """ATM total variance ``theta(T) = theta_par(T) + c(T)`` (module docstring): ``par`` a ``ThetaParametric``,
+    ``c`` the spline in ``sqrt(T)`` through the residuals ``theta_i - theta_par(T_i)`` at ``T_nodes`` (zero
+    slope at the last node, constant beyond; quadratic through the origin before the first).
+    ``theta`` passes through ``theta_nodes``; ``dtheta`` is analytic. Use ``ThetaBackbone.build`` to get
+    the monotone fallback when the combined curve would decrease."""
+
+    T_nodes: tuple
+    theta_nodes: tuple
+    par: ThetaParametric
+    _scheme: object = field(default=None, init=False, repr=False, compare=False)
+    _resid: object = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        T = np.asarray(self.T_nodes, float)
+        th = np.asarray(self.theta_nodes, float)
+        if T.ndim != 1 or len(T) == 0 or len(T) != len(th) or not np.all(np.isfinite(th)):
+            raise InputError("ThetaBackbone needs finite T_nodes and theta_nodes of one equal length >= 1")
+        object.__setattr__(self, "T_nodes", tuple(float(x) for x in T))
+        object.__setattr__(self, "theta_nodes", tuple(float(x) for x in th))
+        object.__setattr__(self, "_scheme", TInterp(T, clamped_end=True))
+        object.__setattr__(self, "_resid", th - self.par.theta(T))
+
+    def theta(self, T):
+        """ATM total variance at ``T`` (years); broadcasts."""
+        return self.par.theta(T) + self._scheme.curve(self._resid, T)[0]
+
+    def dtheta(self, T):
+        """``d theta / dT`` at ``T`` (analytic)."""
+        return self.par.dtheta(T) + self._scheme.curve(self._resid, T)[1]
+
+    def min_dtheta(self, per_interval: int = 64) -> float:
+        """Smallest ``dtheta/dT`` on a check grid: ``per_interval`` points in ``sqrt(T)`` on ``[0, T_1]`` and
+        on every interval between expiries (beyond the last expiry ``dtheta = dtheta_par > 0``)."""
+        s = np.r_[0.0, np.sqrt(self.T_nodes)]
+        u = np.linspace(0.0, 1.0, per_interval + 1)
+        grid = (s[:-1, None] + np.diff(s)[:, None] * u[None, :]).ravel() ** 2
+        return float(np.min(self.dtheta(np.maximum(grid, 1e-12))))
+
+    @staticmethod
+    def build(T_nodes, theta_nodes):
+        """The backbone through ``theta_nodes`` (n,) at ``T_nodes`` (n,), or ``MonotoneThetaCurve`` when it
+        would decrease somewhere, when ``n < 3`` or when the parametric fit fails (module docstring)."""
+        T, th = np.asarray(T_nodes, float), np.asarray(theta_nodes, float)
+        if len(T) >= 3:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    curve = ThetaBackbone(tuple(T), tuple(th), fit_theta_parametric(T, th))
+                    if curve.min_dtheta() >= 0.0:
+                        return curve
+            except (InputError, ValueError, FloatingPointError, np.linalg.LinAlgError):
+                pass
+        return MonotoneThetaCurve(tuple(T), tuple(th))
 
 
 @dataclass(frozen=True)
@@ -179,7 +255,7 @@ def fit_ssvi(T_nodes, y, iv, wt, idx, *, smoothing: float = 0.0, y_lo=(), y_hi=(
         nfev += nf
         x_shape, thetas = unpack(x)
         thetas = np.maximum.accumulate(np.maximum(thetas, 1e-10))
-        curve = MonotoneThetaCurve(tuple(Tn), tuple(thetas))
+        curve = ThetaBackbone.build(Tn, thetas)
     rho, u, gamma = (float(v) for v in x_shape)
     eta = 2.0 * u / (1.0 + abs(rho))
     if not ok:

@@ -27,6 +27,7 @@ is locally concave (e.g. the 9-day slice of Andreasen & Huge's example data) can
 """
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import asdict, dataclass
 
@@ -46,11 +47,18 @@ CORR_SEG_MAX = 24     # knot segments over the quoted range at most
 CORR_EXT = 3          # knot segments of the correction's support beyond the quotes, each side
 CORR_MIN_QUOTES = 5   # fewer quotes: SVI alone
 CORR_MAX_NFEV = 100   # per penalty round
+SLSQP_MAX_QUOTES = 16  # slices up to this size also get an SLSQP solve of the correction
+JOINT_NFEV = 0       # joint polish of backbone and correction (0: off)
+CORR_MIN_GAIN = 0.05  # kept when it lowers the data cost by at least this fraction
+CORR_TOL = 2e-4       # correction's dead zone around the mid at least (vol units: 2 bp)
+CORR_BAND = 0.5       # ... and this fraction of the bid/ask vol band
+G_MARGIN_CORR = 0.01  # butterfly margin of the corrected slice (g between grid points, T-interpolation)
 CORR_OFF = 1.0        # smoothing at or above which the correction is off
 LAM_LOG0 = -3.0       # log10 of the curvature penalty at smoothing 0
 LAM_DECADES = 8.0     # decades the penalty grows from smoothing 0 to 1
 RIDGE = 1e-2          # size penalty, relative to the curvature penalty
-G_PER_SEG = 8         # butterfly grid points per knot segment
+MIX_T = ()  # blends with the previous slice kept butterfly-free (correction stage)
+G_PER_SEG = 4         # butterfly grid points per knot segment
 
 
 @dataclass(frozen=True)
@@ -306,11 +314,8 @@ class SVISplineSlice:
         w, w_y, w_yy = self.derivs(y)
         return butterfly_g(y, w, w_y, w_yy)
 
-    a = property(lambda self: self.base.a)
-    b = property(lambda self: self.base.b)
-    rho = property(lambda self: self.base.rho)
-    m = property(lambda self: self.base.m)
-    sigma = property(lambda self: self.base.sigma)
+    # no ``a, b, rho, m, sigma`` attributes on purpose: ``core.surface.interp.SliceSurface`` evaluates slices
+    # that have them as raw SVI (vectorised), which would drop the correction; use ``base``
 
     def lifted(self, da: float) -> "SVISplineSlice":
         """The same slice with the backbone's level ``a`` raised by ``da``."""
@@ -336,13 +341,19 @@ class _Problem:
     towards the prior slice; the correction's second differences and size. Analytic dense Jacobian."""
 
     def __init__(self, y, iv, wt, T, yg, *, prev=None, nxt=None, nxt_grid=None, cap=None, prior=None,
-                 k_prior=0.0, knots=None, lam=0.0):
+                 k_prior=0.0, knots=None, lam=0.0, band=None, cal_range=None, g_margin=G_MARGIN):
+        self.band = band
+        self.g_margin = g_margin
         self.y, self.iv, self.T, self.yg = y, iv, T, yg
         self.sq = np.sqrt(wt)
         self.sc = np.sqrt(len(y) / len(yg)) * float(np.sqrt(np.mean(wt ** 2)))
         self.knots = knots
         pts = {"q": y, "g": yg}
         self.w_lower = np.maximum(prev.derivs(yg)[0], 1e-12) if prev is not None else None
+        if self.w_lower is not None and cal_range is not None:
+            # no calendar condition outside the caller's grid (the previous slice's extrapolated wing)
+            self.w_lower = np.where((yg >= cal_range[0]) & (yg <= cal_range[1]), self.w_lower, 1e-12)
+        self.prev_d = prev.derivs(yg) if (prev is not None and knots is not None) else None
         if nxt is not None:
             pts["u"] = np.asarray(nxt_grid, float)
             self.w_upper = np.maximum(nxt.derivs(pts["u"])[0], 0.0)
@@ -386,14 +397,21 @@ class _Problem:
 
         (w, _, _), J = self._model(p, "q", want_jac)
         v, dv = vol(w, J[0] if want_jac else None)
-        rows.append(self.sq * (v - self.iv))
-        if want_jac:
-            jrows.append(self.sq[:, None] * dv)
+        if self.band is None:
+            rows.append(self.sq * (v - self.iv))
+            if want_jac:
+                jrows.append(self.sq[:, None] * dv)
+        else:
+            # dead zone: only the distance outside the target band counts
+            lo, hi = self.band
+            rows.append(self.sq * (np.maximum(0.0, v - hi) - np.maximum(0.0, lo - v)))
+            if want_jac:
+                jrows.append((self.sq * ((v > hi) | (v < lo)))[:, None] * dv)
         (wg, wg1, wg2), Jg = self._model(p, "g", want_jac)
         wp = np.maximum(wg, 1e-12)
         g = butterfly_g(self.yg, wp, wg1, wg2)
-        act = (G_MARGIN - g) > 0
-        rows.append(kg * sc * np.maximum(0.0, G_MARGIN - g))
+        act = (self.g_margin - g) > 0
+        rows.append(kg * sc * np.maximum(0.0, self.g_margin - g))
         if want_jac:
             g_w, g_w1 = _g_partials(self.yg, wp, wg1)
             jrows.append(-(kg * sc) * act[:, None] * (g_w[:, None] * Jg[0] + g_w1[:, None] * Jg[1] + 0.5 * Jg[2]))
@@ -479,12 +497,78 @@ class _Problem:
             kg, kc = kg * (30.0 if g_min < 0 else 1.0), kc * (30.0 if gap > 0 else 1.0)
         return np.r_[x, d], nfev, ok, msg
 
+    def constraints(self, p, want_jac: bool = True):
+        """Inequalities ``c(p) >= 0`` (butterfly ``g - G_MARGIN`` on the grid; calendar from below / above
+        and caps, in vols) and their Jacobian in ``p``."""
+        T = self.T
+        (wg, wg1, wg2), Jg = self._model(p, "g", want_jac)
+        wp = np.maximum(wg, 1e-12)
+        cs = [butterfly_g(self.yg, wp, wg1, wg2) - self.g_margin]
+        js = []
+        if want_jac:
+            g_w, g_w1 = _g_partials(self.yg, wp, wg1)
+            js.append(g_w[:, None] * Jg[0] + g_w1[:, None] * Jg[1] + 0.5 * Jg[2])
+        if self.prev_d is not None:
+            # the surface between the previous expiry and this one mixes the two slices: keep the blends
+            # (1 - t) w_prev + t w butterfly-free too (a proxy for the T-interpolation)
+            b0, b1, b2 = self.prev_d
+            for t in MIX_T:
+                m0 = np.maximum((1 - t) * b0 + t * wg, 1e-12)
+                m1 = (1 - t) * b1 + t * wg1
+                cs.append(butterfly_g(self.yg, m0, m1, (1 - t) * b2 + t * wg2) - self.g_margin)
+                if want_jac:
+                    m_w, m_w1 = _g_partials(self.yg, m0, m1)
+                    js.append(t * (m_w[:, None] * Jg[0] + m_w1[:, None] * Jg[1] + 0.5 * Jg[2]))
+        vg = np.sqrt(wp / T)
+        if self.w_lower is not None:
+            cs.append(vg - np.sqrt(self.w_lower / T) - 1e-6)
+            if want_jac:
+                js.append((1.0 / (2.0 * np.sqrt(wp * T)))[:, None] * Jg[0])
+        for key, bound in (("u", getattr(self, "w_upper", None)), ("c", getattr(self, "w_cap", None))):
+            if key in self.pts:
+                (wk, _, _), Jk = self._model(p, key, want_jac)
+                wk = np.maximum(wk, 1e-12)
+                cs.append(np.sqrt(bound / T) - np.sqrt(wk / T))
+                if want_jac:
+                    js.append(-(1.0 / (2.0 * np.sqrt(wk * T)))[:, None] * Jk[0])
+        return np.concatenate(cs), (np.vstack(js) if want_jac else None)
+
+    def solve_correction_slsqp(self, p0, max_iter: int = 60):
+        """The correction (backbone ``p0[:5]`` fixed) by SLSQP: least squares of the data, curvature and size
+        terms subject to ``constraints``. Returns ``(p, nit, ok, msg)``."""
+        from scipy.optimize import minimize
+
+        x = p0[:5]
+        # SLSQP's tolerances are absolute: work in vol basis points (residuals) and in units of 1 bp of vol
+        # (correction coefficients) so that both are O(1)
+        ds = 2.0 * float(np.mean(self.iv)) * self.T * 1e-4
+        full = lambda u: np.r_[x, ds * u]  # noqa: E731
+        nc = len(self.constraints(p0, False)[0])
+        cscale = np.ones(nc)
+        cscale[len(self.yg) * (1 + len(MIX_T)):] = 1e4   # calendar and caps are in vols
+
+        def f(u):
+            r = self.resid(full(u), 0.0, 0.0) * 1e4
+            J = self.jac(full(u), 0.0, 0.0)[:, 5:] * (1e4 * ds)
+            return 0.5 * float(r @ r), J.T @ r
+
+        con = {"type": "ineq", "fun": lambda u: cscale * self.constraints(full(u), False)[0],
+               "jac": lambda u: cscale[:, None] * self.constraints(full(u), True)[1][:, 5:] * ds}
+        sol = minimize(f, np.asarray(p0[5:], float) / ds, jac=True, method="SLSQP", constraints=[con],
+                       options={"maxiter": max_iter, "ftol": 1e-6})
+        return full(sol.x), int(sol.nit), bool(sol.success), str(sol.message)
+
     def cost(self, p) -> float:
         return float(np.sum(self.resid(p, 10.0, 10.0) ** 2))
 
     def data_cost(self, p) -> float:
+        """Sum of squared data residuals (dead zone included)."""
         w = self._model(p, "q", False)[0][0]
-        return float(np.sum((self.sq * (np.sqrt(np.maximum(w, 1e-12) / self.T) - self.iv)) ** 2))
+        v = np.sqrt(np.maximum(w, 1e-12) / self.T)
+        if self.band is None:
+            return float(np.sum((self.sq * (v - self.iv)) ** 2))
+        lo, hi = self.band
+        return float(np.sum((self.sq * (np.maximum(0.0, v - hi) - np.maximum(0.0, lo - v))) ** 2))
 
 
 def _slice_bounds(y) -> tuple[np.ndarray, np.ndarray]:
@@ -522,7 +606,7 @@ class SliceFitInfo:
 
 def fit_svi_slice(y, iv, wt, T: float, *, y_grid, start: SVISlice | None = None, prev=None, nxt=None,
                   nxt_grid=None, cap=None, prior: SVISlice | None = None,
-                  smoothing: float = 0.0, correction: bool = True):
+                  smoothing: float = 0.0, correction: bool = True, band=None):
     """Fit one slice: raw SVI (the backbone) with butterfly / calendar / prior penalties, then (``correction``
     and ``smoothing < CORR_OFF``) a spline correction on top (module docstring).
 
@@ -573,16 +657,42 @@ def fit_svi_slice(y, iv, wt, T: float, *, y_grid, start: SVISlice | None = None,
         knots = _corr_knots(y_lo, y_hi, len(y))
         # refine the penalty grid inside the correction's support: g must hold between knots too
         ygc = np.unique(np.r_[yg, np.linspace(knots[3], knots[-4], G_PER_SEG * (len(knots) - 7) + 1)])
-        pc = _Problem(y, iv, wt, T, ygc, knots=knots, lam=correction_lambda(s), **kw)
+        if band is None:
+            half = np.full(len(y), CORR_TOL)
+        else:
+            b_lo, b_hi = (np.asarray(b, float) for b in band)
+            half = np.where(np.isfinite(b_lo) & np.isfinite(b_hi), CORR_BAND * 0.5 * (b_hi - b_lo), CORR_TOL)
+            half = np.maximum(half, CORR_TOL)
+        pc = _Problem(y, iv, wt, T, ygc, knots=knots, lam=correction_lambda(s), band=(iv - half, iv + half),
+                      cal_range=(yg[0], yg[-1]), g_margin=G_MARGIN_CORR, **kw)
         p0 = np.r_[x0, np.zeros(pc.nb)]
         # the backbone stays fixed: the correction is a regularised fit of what SVI leaves (nearly
         # linear in d, so a few Levenberg-Marquardt steps), and SVI cannot trade level for correction
         p1, nf, ok1, msg1 = pc.solve_correction(p0, max_nfev=CORR_MAX_NFEV)
         nfev += nf
+        if len(y) <= SLSQP_MAX_QUOTES:
+            # small slices: the constrained optimum (SLSQP, warm start) instead of the penalty's compromise
+            p2, nf, ok2, msg2 = pc.solve_correction_slsqp(p1)
+            if os.environ.get("SVIDBG"): print("   slsqp", T, ok2, msg2, pc.violations(p2), pc.data_cost(p1), pc.data_cost(p2))
+            nfev += nf
+            v2 = pc.violations(p2)
+            if ok2 and v2[0] >= 0 and v2[1] <= 1e-12 and pc.data_cost(p2) < pc.data_cost(p1):
+                p1, ok1, msg1 = p2, ok2, msg2
+        if JOINT_NFEV:
+            # then backbone and correction together, from there: lets the SVI wings follow what the
+            # correction does at the ends of the quoted range
+            lbc, ubc = np.r_[lb, np.full(pc.nb, -np.inf)], np.r_[ub, np.full(pc.nb, np.inf)]
+            p2, nf, ok2, msg2 = pc.solve(p1, lbc, ubc, max_rounds=2, max_nfev=JOINT_NFEV)
+            nfev += nf
+            v2 = pc.violations(p2)
+            if pc.data_cost(p2) < pc.data_cost(p1) and v2[0] >= 0 and v2[1] <= 0:
+                p1 = p2
         cand = SVISplineSlice(_from_x(p1[:5]), tuple(float(k) for k in knots), tuple(float(c) for c in p1[5:]))
         yf = np.linspace(min(ygc[0], knots[3]), max(ygc[-1], knots[-4]), 8 * len(ygc))
         g_new, g_old = float(np.min(cand.g(yf))), float(np.min(sl.g(yf)))
-        better = pc.data_cost(p1) < pc.data_cost(p0)
+        # kept when it removes a material part of what SVI leaves (otherwise the plain SVI slice is simpler)
+        better = pc.data_cost(p1) < (1.0 - CORR_MIN_GAIN) * pc.data_cost(p0)
+        if os.environ.get("SVIDBG"): print("   dbg", T, pc.data_cost(p0), pc.data_cost(p1), g_new, g_old, pc.violations(p1), msg1[:40])
         if better and (g_new >= 0 or g_new >= g_old):
             sl, ok, msg, corrected = cand, ok1, msg1, True
             corr_bp = float(np.max(np.abs(cand.correction(y)[0]) / (2.0 * iv * T))) * 1e4
