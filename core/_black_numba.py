@@ -153,9 +153,9 @@ def _ln_f_over_k(F, K):
 
 
 @njit(**_INLINE)
-def _q_taylor(h, t, tab):
-    y0 = _SQRT_PI_OVER_2 * erfcx(-h / _SQRT2, tab)  # Y = N/n (Mills' ratio) at h
-    y1 = 1.0 + h * y0
+def _taylor_series(h, t, y0):
+    # Q for |h| < 7, t < 0.1 from y0 = Y(h) = N/n (Mills' ratio): odd Taylor series of Y(h+t) - Y(h-t)
+    y1 = 1.0 + h * y0                 # Y^(k+1) = h Y^(k) + k Y^(k-1)
     y2 = h * y1 + 1.0 * y0
     y3 = h * y2 + 2.0 * y1
     y4 = h * y3 + 3.0 * y2
@@ -177,6 +177,11 @@ def _q_taylor(h, t, tab):
     acc = acc * t2 + y3 * (1.0 / 6.0)
     acc = acc * t2 + y1 * (1.0 / 1.0)
     return (2.0 * _INV_SQRT2PI) * acc * t
+
+
+@njit(**_INLINE)
+def _q_taylor(h, t, tab):
+    return _taylor_series(h, t, _SQRT_PI_OVER_2 * erfcx(-h / _SQRT2, tab))
 
 
 @njit(**_INLINE)
@@ -263,7 +268,7 @@ def _control(x_l, x_r, y_l, y_r, d_l, d_r, second, left, shape_preserving):
     return _fmax(r, _min_control(d_l, d_r, slope, shape_preserving))
 
 
-@njit(**_JIT)
+@njit(**_INLINE)
 def _guess_low(beta, x, sl, bl, tab):
     # lowest branch: f = 2pi/sqrt27 |x| N(-z)^3, z = |x|/(sqrt3 s), between (0, 0) and (b_l, f_l)
     ax = -x
@@ -285,7 +290,7 @@ def _guess_low(beta, x, sl, bl, tab):
     return ax / (_SQRT3 * -ndtri(u))
 
 
-@njit(**_JIT)
+@njit(**_INLINE)
 def _guess_high(cbeta, x, su, bu, cu, bmax, tab):
     # highest branch: f = N(-s/2) between (b_u, f_u) and (b_max, 0)
     hu = x / su
@@ -301,7 +306,7 @@ def _guess_high(cbeta, x, su, bu, cu, bmax, tab):
     return -2.0 * ndtri(f)
 
 
-@njit(**_JIT)
+@njit(**_INLINE)
 def _guess_mid(beta, lower, sl, sc, su, blu, bc, vc, vlu):
     # middle branches: s(beta) by rational cubic, second derivative 0 at the inflexion b_c
     if lower:
@@ -359,7 +364,7 @@ _BLOCK = 256
 
 
 @njit(**_JIT)
-def _nb_block(m, x, s, bmax, tab, gl, b, c, q, he, up, hh, tt, i_t, i_e, i_l):
+def _nb_block(m, x, s, bmax, tab, gl, b, c, q, he, up, hh, tt, i_t, i_e, i_l, ph, pt, py):
     """``normalised_black`` of elements ``0..m-1`` of the block arrays into ``b, c, q, he, up``."""
     nt = 0
     ne = 0
@@ -379,9 +384,18 @@ def _nb_block(m, x, s, bmax, tab, gl, b, c, q, he, up, hh, tt, i_t, i_e, i_l):
         nt += 1 if tay else 0
         nl += 1 if lag else 0
         ne += 0 if (tay | lag) else 1
+    # Taylor region in three loops: the table look-ups, then the series on packed arrays (branch-free,
+    # so that LLVM vectorises it), then back in place
     for k in range(nt):
         i = i_t[k]
-        q[i] = _q_taylor(hh[i], tt[i], tab)
+        ph[k] = hh[i]
+        pt[k] = tt[i]
+        py[k] = _SQRT_PI_OVER_2 * erfcx(-hh[i] / _SQRT2, tab)
+    for k in range(nt):
+        py[k] = _taylor_series(ph[k], pt[k], py[k])
+    for k in range(nt):
+        i = i_t[k]
+        q[i] = py[k]
         up[i] = 0
     for k in range(nl):
         i = i_l[k]
@@ -438,6 +452,9 @@ def implied_vol(p, F, K, T, cp, D, tab, gl, vol, code):
     he = np.empty(nB)
     hh = np.empty(nB)
     tt = np.empty(nB)
+    ph = np.empty(nB)
+    pt = np.empty(nB)
+    py = np.empty(nB)
     n_bad = 0
     for lo in range(0, n, nB):
         hi = min(lo + nB, n)
@@ -502,29 +519,44 @@ def implied_vol(p, F, K, T, cp, D, tab, gl, vol, code):
             su[j] = sc[j] + cc[j] / vc
             slu = sl[j] if lw else su[j]
             s[j] = slu if slu > 0 else 1.0
-        _nb_block(m, x, s, bmax, tab, gl, b, c, q, he, up, hh, tt, i_t, i_e, i_l)
-        # initial guess by branch
+        _nb_block(m, x, s, bmax, tab, gl, b, c, q, he, up, hh, tt, i_t, i_e, i_l, ph, pt, py)
+        # initial guess, one loop per branch (so that each loop's branches are predictable)
+        n0 = 0
+        n1 = 0
+        n3 = 0
         for j in range(m):
             lw = low[j] == 1
             slu = sl[j] if lw else su[j]
-            blu = b[j] if slu > 0 else 0.0
-            vlu = math.exp(-he[j] - _LN_SQRT2PI)
-            if lw and beta[j] < blu:
-                kind[j] = 0
-                s[j] = _guess_low(beta[j], x[j], sl[j], blu, tab)
-                ln_beta[j] = math.log(beta[j])
-            elif (not lw) and beta[j] > blu:
-                kind[j] = 2 if beta[j] > 0.5 * bmax[j] else 3
-                s[j] = _guess_high(cbeta[j], x[j], su[j], blu, c[j], bmax[j], tab)
-            else:
-                kind[j] = 1
-                s[j] = _guess_mid(beta[j], lw, sl[j], sc[j], su[j], blu, bc[j], bmax[j] * _INV_SQRT2PI, vlu)
+            if not slu > 0:
+                b[j] = 0.0
+            br0 = lw & (beta[j] < b[j])
+            br3 = (not lw) & (beta[j] > b[j])
+            i_t[n0] = j
+            i_e[n1] = j
+            i_l[n3] = j
+            n0 += 1 if br0 else 0
+            n3 += 1 if br3 else 0
+            n1 += 0 if (br0 | br3) else 1
+        for k in range(n1):
+            j = i_e[k]
+            kind[j] = 1
+            s[j] = _guess_mid(beta[j], low[j] == 1, sl[j], sc[j], su[j], b[j], bc[j], bmax[j] * _INV_SQRT2PI,
+                              math.exp(-he[j] - _LN_SQRT2PI))
+        for k in range(n0):
+            j = i_t[k]
+            kind[j] = 0
+            s[j] = _guess_low(beta[j], x[j], sl[j], b[j], tab)
+            ln_beta[j] = math.log(beta[j])
+        for k in range(n3):
+            j = i_l[k]
+            kind[j] = 2 if beta[j] > 0.5 * bmax[j] else 3
+            s[j] = _guess_high(cbeta[j], x[j], su[j], b[j], c[j], bmax[j], tab)
         for _ in range(_N_HOUSEHOLDER):
             for j in range(m):
                 sj = s[j]
                 if not (sj > 0 and math.isfinite(sj)):
                     s[j] = sl[j] if low[j] == 1 else su[j]
-            _nb_block(m, x, s, bmax, tab, gl, b, c, q, he, up, hh, tt, i_t, i_e, i_l)
+            _nb_block(m, x, s, bmax, tab, gl, b, c, q, he, up, hh, tt, i_t, i_e, i_l, ph, pt, py)
             for j in range(m):
                 s[j] = _householder(s[j], x[j], beta[j], cbeta[j], ln_beta[j], kind[j], b[j], c[j], q[j], he[j],
                                     up[j] == 1)
@@ -561,6 +593,9 @@ def black_price(F, K, T, sigma, cp, D, tab, gl, out):
     he = np.empty(nB)
     hh = np.empty(nB)
     tt = np.empty(nB)
+    ph = np.empty(nB)
+    pt = np.empty(nB)
+    py = np.empty(nB)
     for lo in range(0, n, nB):
         hi = min(lo + nB, n)
         m = 0
@@ -588,7 +623,7 @@ def black_price(F, K, T, sigma, cp, D, tab, gl, out):
                 base[m] = intrinsic
                 scale[m] = math.sqrt(Fi) * math.sqrt(Ki)
                 m += 1
-        _nb_block(m, x, s, bmax, tab, gl, b, c, q, he, up, hh, tt, i_t, i_e, i_l)
+        _nb_block(m, x, s, bmax, tab, gl, b, c, q, he, up, hh, tt, i_t, i_e, i_l, ph, pt, py)
         for j in range(m):
             out[idx[j]] = dd[j] * (base[j] + scale[j] * b[j])
     return n

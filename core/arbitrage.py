@@ -425,3 +425,22 @@ def likely_culprits(rows: pd.Series, executable: pd.Series) -> pd.Series:
             out[i] = best
             del todo[i]
     return pd.Series(out, index=rows.index, name="culprit")
+
+
+def risk_neutral_density(surface: VolSurface, forwards, K, T) -> np.ndarray:
+    """Risk-neutral density of ``S_T`` at strikes ``K`` (nK,) for each ``T`` (nT,): shape (nT, nK).
+
+    Breeden-Litzenberger ``p(K) = d2C/dK2 / D`` in total variance (Gatheral 2006, eq. 2.6):
+    ``p(K) = g(y) / (K sqrt(2 pi w)) exp(-d_-^2 / 2)``, ``d_- = -y/sqrt(w) - sqrt(w)/2``, with the analytic
+    ``g`` of ``core.surface.base.butterfly_g``: negative exactly where the surface has butterfly arbitrage.
+    """
+    K = np.asarray(K, dtype=float)[None, :]
+    T = np.asarray(T, dtype=float)[:, None]
+    F = np.asarray(forwards.F(T), dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        y = np.log(K / F)
+        d = surface.derivatives(y, np.broadcast_to(T, y.shape))
+        g = butterfly_g(y, d.w, d.w_y, d.w_yy)
+        sw = np.sqrt(d.w)
+        dm = -y / sw - sw / 2.0
+        return g / (K * np.sqrt(2.0 * np.pi) * sw) * np.exp(-0.5 * dm * dm)

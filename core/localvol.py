@@ -353,3 +353,32 @@ def local_vol_at(surface: VolSurface, forwards, K, T, *, clip=None):
         iv = np.sqrt(np.maximum(d.w, 0.0) / T)
     fallback = np.clip(np.where(np.isfinite(iv), iv, lo), lo, hi)
     return np.where(np.isfinite(raw), np.clip(np.where(np.isfinite(raw), raw, lo), lo, hi), fallback)
+
+
+def local_vol_y(surface: VolSurface, y, T):
+    """Raw Gatheral local vol at log-moneyness ``y`` and ``T`` (broadcast; NaN where undefined)."""
+    y, T = np.broadcast_arrays(np.asarray(y, dtype=float), np.asarray(T, dtype=float))
+    var, _ = gatheral_local_variance(y, surface.derivatives(y, T))
+    return np.sqrt(var)
+
+
+def rules_of_thumb(surface: VolSurface, T, h: float = 0.01) -> pd.DataFrame:
+    """The seed document's rules of thumb at the money, per ``T`` (years, (n,)), from the analytic surface.
+
+    Columns: ``T, atm_iv, atm_lv, rule_lv = sigma_imp + T dsigma_imp/dT`` (``dsigma/dT =
+    (w_T/T - w/T^2) / (2 sigma)``), ``iv_skew = dsigma_imp/dy = w_y / (2 sigma T)`` at ``y = 0``,
+    ``lv_skew`` (central difference of local vol over ``y = +-h``) and ``skew_ratio = lv_skew / iv_skew``
+    (about 2 for short maturities: Gatheral 2006, ch. 3; MATH.md "Known properties").
+    """
+    T = np.asarray(T, dtype=float)
+    zero = np.zeros_like(T)
+    d = surface.derivatives(zero, T)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iv = np.sqrt(np.maximum(d.w, 0.0) / T)
+        div_dT = (d.w_T / T - d.w / T**2) / (2.0 * iv)
+        iv_skew = d.w_y / (2.0 * iv * T)
+        lv = local_vol_y(surface, zero, T)
+        lv_skew = (local_vol_y(surface, zero + h, T) - local_vol_y(surface, zero - h, T)) / (2.0 * h)
+        ratio = lv_skew / iv_skew
+    return pd.DataFrame({"T": T, "atm_iv": iv, "atm_lv": lv, "rule_lv": iv + T * div_dT,
+                         "iv_skew": iv_skew, "lv_skew": lv_skew, "skew_ratio": ratio})

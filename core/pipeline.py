@@ -200,12 +200,20 @@ def arbitrage(prepared: Prepared, fit_result, settings: Settings = Settings()):
     return surface_arbitrage(fit_result.surface, y_grid, T_grid), qa
 
 
+def local_vol_function(prepared: Prepared, fit_result, settings: Settings = Settings()):
+    """The clipped local vol as a vectorised ``lv(K, T)`` for pricing: Gatheral's formula on the fitted
+    surface at any point (not only the display grid); where undefined it falls back to implied vol.
+    The round trip, the exotics and the scenarios all price under this one function."""
+    from core.pricing._lv import local_vol_from_surface
+
+    return local_vol_from_surface(fit_result.surface, prepared.forwards, clip=settings.clip)
+
+
 def reprice(prepared: Prepared, fit_result, settings: Settings = Settings(), **grid):
     """Round trip: reprice the fitted quotes by the forward Dupire PDE under the clipped local vol."""
-    from core.pricing._lv import local_vol_from_surface
     from core.pricing.pde import reprice as pde_reprice
 
-    lv = local_vol_from_surface(fit_result.surface, prepared.forwards, clip=settings.clip)
+    lv = local_vol_function(prepared, fit_result, settings)
     used = prepared.quotes[prepared.quotes["use"].astype(bool)]
     return pde_reprice(used, lv, prepared.forwards, **grid)
 

@@ -55,12 +55,27 @@ with messages.page_guard():
     if viol is None or len(viol) == 0:
         st.success("No vertical, butterfly or calendar violations among the quotes.")
     else:
+        if "culprit" in viol and surv:
+            ex = viol[viol["survives_spread"].astype(bool)]
+            blame = ex.groupby("culprit").agg(violations=("kind", "size"), worst_cost=("cost", "min")).reset_index()
+            q = prep.quotes
+            sus = q.loc[blame["culprit"].to_numpy(), ["expiry", "strike", "cp", "bid", "ask", "reason"]].reset_index(drop=True)
+            sus.insert(0, "violations explained", blame["violations"].to_numpy())
+            sus["worst cost"] = blame["worst_cost"].to_numpy()
+            sus["expiry"] = sus["expiry"].dt.strftime("%Y-%m-%d")
+            sus["cp"] = sus["cp"].map({1: "C", -1: "P"})
+            st.markdown(f"**{surv:,} executable violations are explained by {len(sus)} suspect quote(s)** (each "
+                        "violation is blamed on the quote that appears in the most of them); `reason` is what "
+                        "cleaning already said of that quote.")
+            st.dataframe(sus.sort_values("violations explained", ascending=False), hide_index=True, width="stretch")
         kinds = sorted(viol["kind"].astype(str).unique())
         pick = st.multiselect("Kinds", kinds, default=kinds, key="arbitrage.kinds")
         only = st.checkbox("Only those that survive the bid/ask (executable)", key="arbitrage.only_exec")
         v = viol[viol["kind"].astype(str).isin(pick)]
         if only and "survives_spread" in v:
             v = v[v["survives_spread"].astype(bool)]
+        v = v.assign(expiry=v["expiry"].dt.strftime("%Y-%m-%d"),
+                     expiry2=v["expiry2"].dt.strftime("%Y-%m-%d")) if hasattr(v["expiry"], "dt") else v
         st.dataframe(v, hide_index=True, width="stretch", height=300)
         st.caption("cost: what the legs cost at executable prices (buy at the ask, sell at the bid); a negative cost "
                    "that survives the spread is money for nothing, usually a stale quote.")

@@ -81,7 +81,8 @@ with messages.page_guard():
                                         title="Price under local vol vs Black-Scholes (bars: 2 standard errors)",
                                         yaxis="price"), key="validation.exotic", name="exotic_prices")
     st.caption(f"{res.n_paths:,} paths, {res.n_steps} steps, {res.seconds:.1f} s. Black-Scholes uses the local-vol "
-               "model's own ATM implied vol at the maturity, so both agree on the ATM vanilla.")
+               "model's own at-the-forward implied vol at the maturity: the two agree on a vanilla struck at the "
+               "forward; away from it the vanilla gap is the smile between the strike and the forward.")
 
     st.markdown("#### Scenario shock: before and after")
     with st.form("validation.scenario_form"):

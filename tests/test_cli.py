@@ -128,9 +128,6 @@ def test_unknown_ticker_without_network_fails_fast(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (core/__main__.py or core/sources/yahoo.py): yfinance's own log lines "
-                   "('Cookie fetch from fc.yahoo.com failed ...') reach stderr before the one-line error; silence "
-                   "the 'yfinance' logger in the CLI")
 def test_no_network_error_is_one_line(tmp_path):
     rc, out, err, _ = run_cli(["quotes", "yahoo:SPY", "--timeout", "3", "--out", str(tmp_path / "o")],
                               env=OFFLINE_ENV, timeout=60)
@@ -182,18 +179,12 @@ def test_bad_method(tmp_path, capsys, method):
     assert_plain_error(rc, err, "--method", one_line=False)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (core/quotes.py QuoteChain.select_expiries, core/pipeline.py): an "
-                   "unreadable --expiries value gives pandas' 'Unknown datetime string format, unable to parse: junk' "
-                   "without naming the option or the available expiries")
 def test_bad_expiries_text(tmp_path, capsys):
     rc, out, err = main_cli(["quotes", "demo", "--expiries", "junk", "--out", str(tmp_path / "o")], capsys)
     assert rc == 2
     assert_plain_error(rc, err, "expir")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (core/quotes.py QuoteChain.select_expiries): an expiry not in the chain "
-                   "crashes building the message ('numpy.datetime64' object has no attribute 'date'), exit 3 "
-                   "'unexpected error' instead of exit 2 listing the available expiries")
 def test_unknown_expiry(tmp_path, capsys):
     rc, out, err = main_cli(["quotes", "demo", "--expiries", "2030-01-01", "--out", str(tmp_path / "o")], capsys)
     assert rc == 2
@@ -213,8 +204,6 @@ def test_bad_asof_and_spot_for_files(tmp_path, capsys):
     assert_plain_error(rc, err, "spot")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (core/pipeline.py open_source): --spot is silently ignored when the "
-                   "source has a spot (demo, files with one), even when it is negative")
 def test_bad_spot_for_demo_is_refused(tmp_path, capsys):
     rc, out, err = main_cli(["quotes", "demo", "--spot", "-5", "--out", str(tmp_path / "o")], capsys)
     assert_plain_error(rc, err, "spot")
@@ -257,9 +246,6 @@ def test_corrupt_snapshot_as_source(tmp_path, capsys):
     assert p.read_bytes() == data[: len(data) // 2], "never deleted or rewritten"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (core/pipeline.py open_source / core/sources/detect.py load_file): the "
-                   "README and open_source promise 'a saved snapshot' as SOURCE, but a .csv.gz snapshot is refused "
-                   "as 'binary data, not a CSV text file'")
 def test_snapshot_as_source(tmp_path, capsys):
     from core.sources.demo import demo_chain
     from core.sources.snapshots import SnapshotStore
@@ -304,9 +290,6 @@ def test_formula_cells_are_data_not_code(evil_tidy_file, tmp_path, capsys):
     assert summ["n_quotes"] > 0
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (core/__main__.py _cmd_quotes, core/pipeline.py write_outputs): quotes.csv, "
-                   "forwards.csv and local_vol.csv are written with DataFrame.to_csv, so formula cells from an "
-                   "uploaded file ('=cmd|...') are exported back unescaped; use core.export.safe_csv")
 def test_cli_exports_are_escaped(evil_tidy_file, tmp_path, capsys):
     rc, out, err = main_cli(["quotes", str(evil_tidy_file), "--out", str(tmp_path / "o")], capsys)
     assert rc == 0, err

@@ -223,9 +223,10 @@ def exotic(source_key: str, _chain: QuoteChain, settings: pipeline.Settings, pro
     """
     from core.pricing import exotics
 
-    lv = local_vol(source_key, _chain, settings)
-    fwd = prepared(source_key, _chain, _fit_settings(settings)).forwards
-    fn = lv.interpolator()
+    s = _fit_settings(settings)
+    prep = prepared(source_key, _chain, s)
+    fwd = prep.forwards
+    fn = pipeline.local_vol_function(prep, fitted(source_key, _chain, s), settings)
     if product[0] == "barrier":
         _, kind, cp, K, H, T, n, seed = product
         return exotics.price_barrier(fn, fwd, strike=K, barrier=H, T=T, kind=kind, cp=cp, n_paths=n,
@@ -235,53 +236,18 @@ def exotic(source_key: str, _chain: QuoteChain, settings: pipeline.Settings, pro
 
 
 # ------------------------------------------------------------------------------------------ derived
-def atm_local_vol(surface, y, T) -> np.ndarray:
-    """Dupire local vol of a fitted surface at ``(y, T)`` by Gatheral's formula (core.surface.ssvi)."""
-    from core.surface.ssvi import ssvi_local_vol
-
-    return np.asarray(ssvi_local_vol(surface, y, T), float)
-
-
 def rules_of_thumb(surface, T, h: float = 0.01) -> pd.DataFrame:
-    """The seed document's rules of thumb at the money, per ``T`` (years, (n,)).
+    """``core.localvol.rules_of_thumb``: ATM local vs implied and the skew ratio per ``T``."""
+    from core.localvol import rules_of_thumb as _rules
 
-    Columns: ``T, atm_iv, atm_lv, rule_lv = sigma_imp + T dsigma_imp/dT`` (from ``w_T``:
-    ``dsigma/dT = (w_T / T - w / T^2) / (2 sigma)``), ``iv_skew = dsigma_imp/dy`` at ``y = 0``
-    (``w_y / (2 sigma T)``), ``lv_skew`` (central difference of local vol over ``y = +-h``) and
-    ``skew_ratio = lv_skew / iv_skew`` (about 2 for short maturities; Gatheral 2006, ch. 3).
-    """
-    T = np.asarray(T, float)
-    d = surface.derivatives(np.zeros_like(T), T)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iv = np.sqrt(np.maximum(d.w, 0) / T)
-        div_dT = (d.w_T / T - d.w / T**2) / (2 * iv)
-        iv_skew = d.w_y / (2 * iv * T)
-        lv = atm_local_vol(surface, np.zeros_like(T), T)
-        lv_skew = (atm_local_vol(surface, np.full_like(T, h), T) - atm_local_vol(surface, np.full_like(T, -h), T)) / (2 * h)
-        ratio = lv_skew / iv_skew
-    return pd.DataFrame({"T": T, "atm_iv": iv, "atm_lv": lv, "rule_lv": iv + T * div_dT,
-                         "iv_skew": iv_skew, "lv_skew": lv_skew, "skew_ratio": ratio})
+    return _rules(surface, T, h)
 
 
 def density(surface, forwards, K, T) -> np.ndarray:
-    """Risk-neutral density of ``S_T`` at strikes ``K`` (n_K,) for each ``T`` (n_T,): (n_T, n_K).
+    """``core.arbitrage.risk_neutral_density``: Breeden-Litzenberger density, shape (nT, nK)."""
+    from core.arbitrage import risk_neutral_density
 
-    Breeden-Litzenberger ``p(K) = d2C/dK2 / D`` written in total variance (Gatheral 2006, eq. 2.6):
-    ``p(K) = g(y) / (K sqrt(2 pi w)) exp(-d_-^2 / 2)``, ``d_- = -y / sqrt(w) - sqrt(w) / 2``, with the
-    analytic ``g`` of ``core.surface.base.butterfly_g`` (negative where the surface has butterfly arbitrage).
-    """
-    from core.surface.base import butterfly_g
-
-    K = np.asarray(K, float)[None, :]
-    T = np.asarray(T, float)[:, None]
-    F = np.asarray(forwards.F(T), float)
-    y = np.log(K / F)
-    d = surface.derivatives(y, np.broadcast_to(T, y.shape))
-    g = butterfly_g(y, d.w, d.w_y, d.w_yy)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        sw = np.sqrt(d.w)
-        dm = -y / sw - sw / 2
-        return g / (K * np.sqrt(2 * np.pi) * sw) * np.exp(-0.5 * dm * dm)
+    return risk_neutral_density(surface, forwards, K, T)
 
 
 # ------------------------------------------------------------------------------------------ exports

@@ -86,6 +86,25 @@ def _slope_matrix(s: np.ndarray, clamped_end: bool) -> np.ndarray:
     return CubicSpline(s, np.eye(n), axis=0, bc_type="not-a-knot")(s, 1)
 
 
+def _harmonic_slopes(sa, sa_y, sa_yy, sb, sb_y, sb_yy, wa, wb):
+    """Weighted harmonic mean ``d = (wa + wb) a b / (wa b + wb a)`` of secants ``a, b`` and its first/second
+    derivatives in ``y`` (chain rule); zero where ``a <= 0`` or ``b <= 0`` (Fritsch & Butland 1984)."""
+    pos = (sa > 0) & (sb > 0)
+    a = np.where(pos, sa, 1.0)
+    b = np.where(pos, sb, 1.0)
+    c = wa + wb
+    den = wa * b + wb * a
+    d = c * a * b / den
+    d_a = c * wa * b * b / den**2
+    d_b = c * wb * a * a / den**2
+    d_aa = -2.0 * c * wa * wb * b * b / den**3
+    d_bb = -2.0 * c * wa * wb * a * a / den**3
+    d_ab = 2.0 * c * wa * wb * a * b / den**3
+    dy = d_a * sa_y + d_b * sb_y
+    dyy = d_aa * sa_y**2 + 2.0 * d_ab * sa_y * sb_y + d_bb * sb_y**2 + d_a * sa_yy + d_b * sb_yy
+    return np.where(pos, d, 0.0), np.where(pos, dy, 0.0), np.where(pos, dyy, 0.0)
+
+
 class TInterp:
     """The ``T``-interpolation of the module docstring for fixed expiries ``T_nodes`` (n,), increasing, > 0.
 
@@ -95,7 +114,7 @@ class TInterp:
     ``(w, w_y, w_yy, w_T)``, each (N,). Precomputes ``s = sqrt(T_nodes)`` and the slope matrix once.
     """
 
-    def __init__(self, T_nodes, *, monotone: bool = True, clamped_end: bool = False):
+    def __init__(self, T_nodes, *, monotone: bool = True, clamped_end: bool = False, lam=None):
         T = np.asarray(T_nodes, dtype=float).ravel()
         if len(T) == 0 or not (np.all(np.isfinite(T)) and np.all(T > 0) and np.all(np.diff(T) > 0)):
             raise InputError(f"T_nodes must be positive, finite and increasing, got {T}")
@@ -105,104 +124,154 @@ class TInterp:
         self.ds = np.diff(self.s)
         self.monotone = monotone and not clamped_end
         self.clamped_end = clamped_end
-        self.M = _slope_matrix(self.s, clamped_end)
+        # an owned C-ordered copy: row products on the spline's own view were 50x slower
+        self.M = np.array(_slope_matrix(self.s, clamped_end), dtype=float, order="C", copy=True)
+        self.lam = None if lam is None else np.clip(np.asarray(lam, dtype=float).ravel(), 0.0, 1.0)
+        if self.lam is not None and self.lam.shape != (self.n,):
+            raise InputError(f"lam must have one value per node ({self.n}), got shape {self.lam.shape}")
 
-    def _filtered(self, j, cols, A, S):
-        """Filtered slopes (in ``s``) at node index ``j`` (N,) for each point, with their ``y``-derivatives.
+    def _node_slope(self, j: int, X3):
+        """Node slopes (in ``s``) at node ``j`` for a group of points, with their ``y``-derivatives: the spline
+        slope, blended towards the safe slope by ``lam[j]``, then the monotonicity filter.
 
-        ``A`` = (W, W_y, W_yy), ``S`` = their unfiltered slopes ``M A`` (each (n, N) or (n, 1))."""
-        m = [X[j, cols] for X in S]
+        ``X3`` = (W, W_y, W_yy) restricted to the group's points (each (n, c))."""
+        m = [self.M[j] @ X for X in X3]
         if not self.monotone:
             return m
-        n, s0 = self.n, self.s[0]
-        jl, jr = np.maximum(j - 1, 0), np.minimum(j + 1, n - 1)
-        hl = np.where(j > 0, self.ds[np.minimum(jl, n - 2)] if n > 1 else 1.0, s0)
-        hr = self.ds[np.minimum(j, n - 2)] if n > 1 else np.ones_like(s0)
-        Aj = [X[j, cols] for X in A]
-        # left "secant" at the first node: from the origin, bound 6 w_1 / s_1 (d_1 <= 3 w_1 / T_1: the pre-T_1 cubic)
-        left = [np.where(j > 0, (Aj[i] - A[i][jl, cols]) / hl, Aj[i] / s0) for i in range(3)]
-        lfac = np.where(j > 0, 3.0, 6.0)
-        right = [(A[i][jr, cols] - Aj[i]) / hr for i in range(3)]
-        has_r = j < n - 1
-        mono = (left[0] >= 0) & (~has_r | (right[0] >= 0))
-        bl, br = lfac * left[0], np.where(has_r, 3.0 * right[0], np.inf)
-        use_l = bl <= br
-        bound = np.where(use_l, bl, br)
-        neg = mono & (m[0] < 0)
-        big = mono & (m[0] > bound)
-        out = [np.where(neg, 0.0, np.where(big, bound, m[0]))]
-        for i in (1, 2):
-            b_i = np.where(use_l, lfac * left[i], 3.0 * right[i])
-            out.append(np.where(neg, 0.0, np.where(big, b_i, m[i])))
+        n = self.n
+        first, has_r = j == 0, j < n - 1
+        hl = self.s[0] if first else self.ds[j - 1]
+        # secants in s; at the first node the one from the origin
+        left = [(X[j] if first else X[j] - X[j - 1]) / hl for X in X3]
+        right = [(X[j + 1] - X[j]) / self.ds[j] for X in X3] if has_r else None
+        if self.lam is not None and self.lam[j] < 1.0:
+            lam = self.lam[j]
+            safe = self._safe(first, left, right, hl, self.ds[j] if has_r else hl)
+            m = [sf + lam * (mi - sf) for mi, sf in zip(m, safe, strict=True)]
+        # increasing data: [0, 3 min(secants)] (6 w_1 / s_1 from the origin at the first node: the pre-T_1
+        # cubic); decreasing data (calendar arbitrage in the input): [3 max(secants), 0]; a turn: 0
+        lfac = 6.0 if first else 3.0
+        rs = right[0] if has_r else left[0]
+        inc = (left[0] >= 0) & (rs >= 0)
+        dec = (left[0] <= 0) & (rs <= 0) & ~inc
+        if first:
+            dec = np.zeros_like(inc)
+        bl = lfac * left[0]
+        if has_r:
+            br = 3.0 * right[0]
+            use_l = np.where(inc, bl <= br, bl >= br)
+        else:
+            use_l = np.ones_like(inc)
+        bound = np.where(use_l, bl, br) if has_r else bl
+        zero = (~inc & ~dec) | (inc & (m[0] < 0)) | (dec & (m[0] > 0))
+        clip = (inc & (m[0] > bound)) | (dec & (m[0] < bound))
+        if not (zero.any() or clip.any()):
+            return m
+        out = []
+        for i in range(3):
+            b_i = np.where(use_l, lfac * left[i], 3.0 * right[i]) if has_r else lfac * left[i]
+            out.append(np.where(zero, 0.0, np.where(clip, b_i, m[i])))
         return out
+
+    @staticmethod
+    def _safe(first, left, right, hl, hr):
+        """Safe slopes: Fritsch-Butland weighted harmonic mean of the neighbouring secants (0 when they differ
+        in sign); at the first node the left secant is the flat-implied-vol slope ``2 w_1 / s_1``, at the last
+        node the slope is the last secant. Returns the slope and its ``y``-derivatives (chain rule)."""
+        sa = [2.0 * x for x in left] if first else left
+        if right is None:
+            return list(sa)
+        neg = (sa[0] < 0) & (right[0] < 0)
+        sgn = np.where(neg, -1.0, 1.0)
+        d, d_y, d_yy = _harmonic_slopes(sgn * sa[0], sgn * sa[1], sgn * sa[2], sgn * right[0], sgn * right[1],
+                                        sgn * right[2], 2.0 * hr + hl, hr + 2.0 * hl)
+        return [sgn * d, sgn * d_y, sgn * d_yy]
 
     def __call__(self, W, W_y, W_yy, T):
         A = [np.asarray(X, dtype=float) for X in (W, W_y, W_yy)]
         T = np.asarray(T, dtype=float).ravel()
         N = T.size
-        cols = np.arange(N) if A[0].shape[1] > 1 else np.zeros(N, dtype=np.intp)
         n, Tn, sn = self.n, self.T, self.s
-        S = [self.M @ X for X in A]
+        wide = A[0].shape[1] > 1
+        out = [np.empty(N) for _ in range(4)]
+        if N == 0:
+            return tuple(out)
         if n == 1:
-            k = np.zeros(N, dtype=np.intp)
-            m0 = self._filtered(k, cols, A, S)
-            V = [X[0, cols] for X in A]
-            # one node: pre- and post-segments only (pre: the quadratic; post: linear with the node slope)
-            return self._ends(T, V, m0, V, m0, np.ones(N, bool))
+            # one expiry: flat implied vol at fixed y (the slope 2 w_1 / s_1 makes both end segments so)
+            for i in range(3):
+                out[i][:] = A[i][0] * (T / Tn[0])
+            out[3][:] = A[0][0] / Tn[0]
+            return tuple(out)
+        # points grouped by interval (sorted by T): slopes by one small matrix-vector product per group,
+        # contiguous slices instead of gathers
+        order = None
+        if np.any(np.diff(T) < 0):
+            order = np.argsort(T, kind="stable")
+            T = T[order]
+            if wide:
+                A = [X[:, order] for X in A]
         sq = np.sqrt(T)
         k = np.clip(np.searchsorted(sn, sq, side="right") - 1, 0, n - 2)
-        mk = self._filtered(k, cols, A, S)
-        mk1 = self._filtered(k + 1, cols, A, S)
-        Vk = [X[k, cols] for X in A]
-        Vk1 = [X[k + 1, cols] for X in A]
-        h = self.ds[k]
-        u = np.clip((sq - sn[k]) / h, 0.0, 1.0)
+        starts = np.searchsorted(k, np.arange(n))
+        for j in range(n - 1):
+            a, c = int(starts[j]), int(starts[j + 1]) if j < n - 2 else N
+            if c <= a:
+                continue
+            X3 = [X[:, a:c] for X in A] if wide else A
+            self._segment(j, X3, T[a:c], sq[a:c], [o[a:c] for o in out])
+        if order is not None:
+            res = [np.empty(N) for _ in range(4)]
+            for r, o in zip(res, out, strict=True):
+                r[order] = o
+            out = res
+        return tuple(out)
+
+    def _segment(self, j: int, X3, T, sq, out) -> None:
+        """Fill ``out`` = (w, w_y, w_yy, w_T) for points of interval ``j`` (and of the end segments next to it)."""
+        n, Tn, sn = self.n, self.T, self.s
+        mk = self._node_slope(j, X3)
+        mk1 = self._node_slope(j + 1, X3)
+        Vk = [X[j] for X in X3]
+        Vk1 = [X[j + 1] for X in X3]
+        h = self.ds[j]
+        u = np.clip((sq - sn[j]) / h, 0.0, 1.0)
         u2 = u * u
         u3 = u2 * u
-        h00, h10, h01, h11 = 2 * u3 - 3 * u2 + 1, (u3 - 2 * u2 + u) * h, -2 * u3 + 3 * u2, (u3 - u2) * h
-        out = [h00 * Vk[i] + h10 * mk[i] + h01 * Vk1[i] + h11 * mk1[i] for i in range(3)]
-        d00, d10, d11 = (6 * u2 - 6 * u) / h, 3 * u2 - 4 * u + 1, 3 * u2 - 2 * u
+        h01 = -2.0 * u3 + 3.0 * u2
+        h00, h10, h11 = 1.0 - h01, (u3 - 2.0 * u2 + u) * h, (u3 - u2) * h
+        for i in range(3):
+            out[i][:] = h00 * Vk[i] + h10 * mk[i] + h01 * Vk1[i] + h11 * mk1[i]
+        d00, d10, d11 = (6.0 * u2 - 6.0 * u) / h, 3.0 * u2 - 4.0 * u + 1.0, 3.0 * u2 - 2.0 * u
         with np.errstate(divide="ignore", invalid="ignore"):
-            w_T = (d00 * (Vk[0] - Vk1[0]) + d10 * mk[0] + d11 * mk1[0]) / (2.0 * sq)
-        w, w_y, w_yy = out
-        if T.min() < Tn[0] or T.max() > Tn[-1]:
-            w, w_y, w_yy, w_T = self._ends(T, Vk, mk, Vk1, mk1, np.zeros(N, bool), (w, w_y, w_yy, w_T))
-        return w, w_y, w_yy, w_T
-
-    def _ends(self, T, Vk, mk, Vk1, mk1, single, inner=None):
-        """Pre-first and post-last segments (module docstring); ``inner`` = values where they do not apply."""
-        Tn = self.T
-        T1, s1 = Tn[0], self.s[0]
-        Tl, sl = Tn[-1], self.s[-1]
-        pre = T < T1
-        post = T > Tl if inner is not None else ~pre
-        res = list(inner) if inner is not None else [np.zeros(T.shape) for _ in range(4)]
-        if pre.any():
-            # cubic Hermite in T on [0, T_1]: w(0) = 0, w'(0) = w_1 / T_1, w(T_1) = w_1, w'(T_1) = d_1
-            t = T[pre] / T1
-            t2 = t * t
-            for i in range(3):
-                # D = T_1 d_1; w = w_1 (h10 + h01) + D h11 = w_1 (t + t^2 - t^3) + D (t^3 - t^2)
-                w1, D = Vk[i][pre], mk[i][pre] * (T1 / (2.0 * s1))
-                res[i] = np.array(res[i], dtype=float)
-                res[i][pre] = w1 * (t + t2 - t2 * t) + D * (t2 * t - t2)
-                if i == 0:
-                    res[3] = np.array(res[3], dtype=float)
-                    res[3][pre] = (w1 * (1.0 + 2.0 * t - 3.0 * t2) + D * (3.0 * t2 - 2.0 * t)) / T1
-        if post.any():
-            if self.clamped_end:
-                slope = [np.zeros(int(post.sum())) for _ in range(3)]
-            else:
-                slope = [mk1[i][post] / (2.0 * sl) for i in range(3)]
-                keep = slope[0] > 0
-                slope = [np.where(keep, x, 0.0) for x in slope]
-            dT = T[post] - Tl
-            for i in range(3):
-                res[i] = np.array(res[i], dtype=float)
-                res[i][post] = Vk1[i][post] + slope[i] * dT
-            res[3] = np.array(res[3], dtype=float)
-            res[3][post] = slope[0]
-        return tuple(res)
+            out[3][:] = (d00 * (Vk[0] - Vk1[0]) + d10 * mk[0] + d11 * mk1[0]) / (2.0 * sq)
+        if j == 0:
+            pre = T < Tn[0]
+            if pre.any():
+                # cubic Hermite in T on [0, T_1]: w(0) = 0, w'(0) = w_1 / T_1, w(T_1) = w_1, w'(T_1) = d_1;
+                # with D = T_1 d_1: w = w_1 (t + t^2 - t^3) + D (t^3 - t^2)
+                T1 = Tn[0]
+                t = T[pre] / T1
+                t2 = t * t
+                for i in range(3):
+                    w1 = np.broadcast_to(Vk[i], T.shape)[pre]
+                    D = np.broadcast_to(mk[i], T.shape)[pre] * (T1 / (2.0 * sn[0]))
+                    out[i][pre] = w1 * (t + t2 - t2 * t) + D * (t2 * t - t2)
+                    if i == 0:
+                        out[3][pre] = (w1 * (1.0 + 2.0 * t - 3.0 * t2) + D * (3.0 * t2 - 2.0 * t)) / T1
+        if j == n - 2:
+            post = T > Tn[-1]
+            if post.any():
+                # linear in T with the end slope (C1), clipped at 0; constant for a clamped end
+                dT = T[post] - Tn[-1]
+                if self.clamped_end:
+                    slope = [np.zeros(dT.shape)] * 3
+                else:
+                    slope = [np.broadcast_to(x, T.shape)[post] / (2.0 * sn[-1]) for x in mk1]
+                    keep = slope[0] > 0
+                    slope = [np.where(keep, x, 0.0) for x in slope]
+                for i in range(3):
+                    out[i][post] = np.broadcast_to(Vk1[i], T.shape)[post] + slope[i] * dT
+                out[3][post] = slope[0]
 
     def curve(self, values, T):
         """One curve through ``values`` (n,) at ``T`` (any shape): ``(v, dv/dT)`` of the scheme."""
@@ -264,6 +333,62 @@ def quoted_y_range(T, T_nodes, lo_nodes, hi_nodes):
     return (np.interp(T, T_nodes, lo_nodes), np.interp(T, T_nodes, hi_nodes))
 
 
+def butterfly_safeguard(scheme: TInterp, node_values, y_lo, y_hi, *, n_y: int = 61, n_sub: int = 4,
+                        rounds: int = 3) -> np.ndarray:
+    """Per-node blend weights ``lam`` (n,) in [0, 1] for ``scheme`` that keep ``g >= 0`` between the expiries.
+
+    The spline slopes are global: with noisy or unevenly spaced slices their ``y``-profile can create
+    butterfly arbitrage (``g < 0``) between two butterfly-free slices. On a check grid (``n_sub`` times in
+    every interval and 3 before the first expiry, ``n_y`` values of ``y`` across the quoted range
+    ``[y_lo, y_hi]`` interpolated linearly in ``T``), every interval with ``g < 0`` at a ``y`` where both
+    of its slices have ``g >= 0`` halves ``lam`` at its two nodes (the last round sets 0: the safe slopes,
+    ``TInterp._safe``); at most ``rounds + 1`` rounds. Smooth slices keep ``lam = 1`` (no change).
+    ``node_values(y)`` -> ``(W, W_y, W_yy)``, each (n, len(y)). Returns ``lam``.
+    """
+    from core.surface.base import butterfly_g
+
+    n = scheme.n
+    lam = np.ones(n)
+    if n < 2 or len(y_lo) != n or len(y_hi) != n:
+        return lam
+    s = scheme.s
+    u = np.arange(1, n_sub + 1) / (n_sub + 1.0)
+    T_chk = [scheme.T[0] * np.array([0.25, 0.5, 0.75])] + [(s[k] + (s[k + 1] - s[k]) * u) ** 2 for k in range(n - 1)]
+    seg = np.concatenate([np.full(3, -1)] + [np.full(n_sub, k) for k in range(n - 1)])
+    Tc = np.concatenate(T_chk)
+    lo, hi = quoted_y_range(Tc, scheme.T, y_lo, y_hi)
+    Y = lo[:, None] + (hi - lo)[:, None] * np.linspace(0.0, 1.0, n_y)[None, :]
+    TT = np.broadcast_to(Tc[:, None], Y.shape).ravel()
+    SEG = np.broadcast_to(seg[:, None], Y.shape).ravel()
+    Y = Y.ravel()
+    W, W_y, W_yy = node_values(Y)
+    cols = np.arange(Y.size)
+    k0 = np.maximum(SEG, 0)
+    k1 = np.maximum(SEG + 1, 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        g_nodes = np.minimum(butterfly_g(Y, W[k0, cols], W_y[k0, cols], W_yy[k0, cols]),
+                             butterfly_g(Y, W[k1, cols], W_y[k1, cols], W_yy[k1, cols]))
+    fixable = g_nodes >= 0
+    saved = scheme.lam
+    try:
+        for r in range(rounds + 1):
+            scheme.lam = lam
+            w, w_y, w_yy, _ = scheme(W, W_y, W_yy, TT)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                bad = fixable & (butterfly_g(Y, w, w_y, w_yy) < 0)
+            if not bad.any():
+                break
+            segs = np.unique(SEG[bad])
+            nodes = np.unique(np.r_[np.maximum(segs, 0), segs[segs >= 0] + 1])
+            lam = lam.copy()
+            lam[nodes] = 0.0 if r >= rounds - 1 else 0.5 * lam[nodes]
+            if r == rounds:
+                break
+    finally:
+        scheme.lam = saved
+    return lam
+
+
 def _svi_params(slices) -> np.ndarray | None:
     """Raw-SVI parameters (n, 5) when every slice is a raw-SVI slice (has ``a, b, rho, m, sigma``), else None."""
     try:
@@ -291,9 +416,18 @@ class SliceSurface(VolSurface):
         if len(T) == 0 or len(T) != len(self.slices) or not np.all(np.diff(T) > 0) or not np.all(T > 0):
             raise InputError("SliceSurface needs one slice per positive, increasing expiry")
         object.__setattr__(self, "T_quoted", (float(T[0]), float(T[-1])))
-        object.__setattr__(self, "_scheme", TInterp(T))
         P = _svi_params(self.slices)
         object.__setattr__(self, "_svi", None if P is None else tuple(P.T[:, :, None]))
+        scheme = TInterp(T)
+        if self.y_lo and self.y_hi:
+            scheme.lam = butterfly_safeguard(scheme, self.node_values, self.y_lo, self.y_hi)
+        object.__setattr__(self, "_scheme", scheme)
+
+    @property
+    def slope_blend(self) -> np.ndarray:
+        """Per-expiry weight of the spline slopes against the safe slopes (1 = spline; ``butterfly_safeguard``)."""
+        lam = self._scheme.lam
+        return np.ones(self._scheme.n) if lam is None else lam.copy()
 
     def node_values(self, y):
         """``(W, W_y, W_yy)`` of every slice at ``y`` (N,): each (n, N)."""

@@ -41,6 +41,7 @@ from core.surface.base import butterfly_g
 U_MAX = 0.995      # b (1 + |rho|) <= 2 U_MAX: strictly inside Lee's bound
 G_MARGIN = 1e-4    # butterfly penalty acts below this g
 RHO_MAX = 0.999
+SVI_TOL = 1e-7      # Levenberg-Marquardt xtol = ftol = gtol of the backbone
 SVI_MAX_NFEV = 200  # backbone solve, per penalty round
 # spline correction (see the module docstring)
 CORR_SEG_MAX = 24     # knot segments over the quoted range at most
@@ -286,18 +287,16 @@ class SVISplineSlice:
     knots: tuple
     coef: tuple
 
-    def _spl(self):
+    def __post_init__(self) -> None:
         t = np.asarray(self.knots, float)
-        return BSpline(t, np.r_[np.zeros(3), np.asarray(self.coef, float), np.zeros(3)], 3, extrapolate=False)
+        spl = BSpline(t, np.r_[np.zeros(3), np.asarray(self.coef, float), np.zeros(3)], 3, extrapolate=False)
+        object.__setattr__(self, "_splines", (spl, spl.derivative(1), spl.derivative(2)))
 
     def correction(self, y):
         """``(c, c', c'')`` of the correction at ``y`` (zero outside its support)."""
         y = np.asarray(y, dtype=float)
-        t = np.asarray(self.knots, float)
-        yc = np.clip(y, t[3], t[-4])
-        spl = self._spl()
-        return (np.nan_to_num(spl(yc)), np.nan_to_num(spl.derivative(1)(yc)),
-                np.nan_to_num(spl.derivative(2)(yc)))
+        yc = np.clip(y, self.knots[3], self.knots[-4])
+        return tuple(np.nan_to_num(s(yc)) for s in self._splines)
 
     def derivs(self, y):
         """``(w, w_y, w_yy)`` at ``y`` (any shape): backbone plus correction, closed form."""
@@ -344,6 +343,7 @@ class _Problem:
                  k_prior=0.0, knots=None, lam=0.0, band=None, cal_range=None, g_margin=G_MARGIN):
         self.band = band
         self.g_margin = g_margin
+        self._memo = {}
         self.y, self.iv, self.T, self.yg = y, iv, T, yg
         self.sq = np.sqrt(wt)
         self.sc = np.sqrt(len(y) / len(yg)) * float(np.sqrt(np.mean(wt ** 2)))
@@ -377,7 +377,15 @@ class _Problem:
         self.npar = 5 + self.nb
 
     def _model(self, p, key, want_jac):
-        (w, w1, w2), J = _svi_jac(p[:5], self.pts[key], want_jac)
+        # the backbone is fixed while the correction is solved: memoise its values per point set
+        x = np.asarray(p[:5], float)
+        ck = (key, want_jac)
+        hit = self._memo.get(ck)
+        if hit is not None and np.array_equal(hit[0], x):
+            (w, w1, w2), J = hit[1]
+        else:
+            (w, w1, w2), J = _svi_jac(x, self.pts[key], want_jac)
+            self._memo[ck] = (x.copy(), ((w, w1, w2), J))
         if self.nb:
             d = p[5:]
             B0, B1, B2 = self.B[key]
@@ -473,7 +481,7 @@ class _Problem:
         p, nfev, ok, msg = np.clip(p0, lb, ub), 0, True, ""
         for _ in range(max_rounds):
             p, nf, ok, msg = box_least_squares(self.resid, p, lb, ub, jac=self.jac, args=(kg, kc),
-                                               max_nfev=max_nfev, tol=1e-7)
+                                               max_nfev=max_nfev, tol=SVI_TOL)
             nfev += nf
             g_min, gap = self.violations(p)
             if g_min >= 0 and gap <= 0:
@@ -650,6 +658,7 @@ def fit_svi_slice(y, iv, wt, T: float, *, y_grid, start: SVISlice | None = None,
             best = (c, name, X)
     _, best_name, X = best
     x0, nf, ok, msg = prob.solve(X, lb, ub, max_nfev=SVI_MAX_NFEV)
+    if os.environ.get("SVIDBG"): print("   backbone", T, nfev, nf, ok, msg[:40], x0, lb, ub)
     nfev += nf
     sl = _from_x(x0)
     corrected, corr_bp = False, 0.0
@@ -669,6 +678,7 @@ def fit_svi_slice(y, iv, wt, T: float, *, y_grid, start: SVISlice | None = None,
         # the backbone stays fixed: the correction is a regularised fit of what SVI leaves (nearly
         # linear in d, so a few Levenberg-Marquardt steps), and SVI cannot trade level for correction
         p1, nf, ok1, msg1 = pc.solve_correction(p0, max_nfev=CORR_MAX_NFEV)
+        if os.environ.get("SVIDBG"): print("   corrLM", T, nf, ok1, msg1[:40], pc.violations(p1))
         nfev += nf
         if len(y) <= SLSQP_MAX_QUOTES:
             # small slices: the constrained optimum (SLSQP, warm start) instead of the penalty's compromise
@@ -676,8 +686,8 @@ def fit_svi_slice(y, iv, wt, T: float, *, y_grid, start: SVISlice | None = None,
             if os.environ.get("SVIDBG"): print("   slsqp", T, ok2, msg2, pc.violations(p2), pc.data_cost(p1), pc.data_cost(p2))
             nfev += nf
             v2 = pc.violations(p2)
-            if ok2 and v2[0] >= 0 and v2[1] <= 1e-12 and pc.data_cost(p2) < pc.data_cost(p1):
-                p1, ok1, msg1 = p2, ok2, msg2
+            if v2[0] >= 0 and v2[1] <= 1e-12 and pc.data_cost(p2) < pc.data_cost(p1):
+                p1, ok1, msg1 = p2, True, msg2
         if JOINT_NFEV:
             # then backbone and correction together, from there: lets the SVI wings follow what the
             # correction does at the ends of the quoted range
