@@ -147,3 +147,40 @@ def test_spx_2011_every_method(shared_data, method):
     assert np.isfinite(lv.local_vol[inside]).all()
     for flag in ("butterfly", "calendar", "extrapolated"):
         assert lv.counts[flag] == int(getattr(lv, flag).sum())
+
+
+@pytest.mark.slow
+def test_cli_calibrate_reprice_then_price(tmp_path):
+    """`calibrate --reprice` writes repricing.csv and summary['repricing']; `price` reads the folder back
+    and prices a barrier and an Asian under the saved local vol (in + out = vanilla on the same paths)."""
+    from core.__main__ import main
+
+    out = tmp_path / "cal"
+    assert main(["calibrate", "demo", "--reprice", "--grid", "40x20", "--out", str(out)]) == 0
+    summ = json.loads((out / "summary.json").read_text())
+    assert {"max_bp", "mean_bp", "inside_bid_ask"} <= set(summ["repricing"])
+    assert summ["repricing"]["inside_bid_ask"] >= 0.95
+    rp = pd.read_csv(out / "repricing.csv")
+    assert len(rp) == summ["n_used"]
+    res = {}
+    for kind in ("up-and-out", "up-and-in"):
+        p = tmp_path / f"{kind}.json"
+        assert main(["price", str(out), "--type", "barrier", "--barrier-type", kind, "--strike", "5000",
+                     "--barrier", "5600", "--expiry", "0.5", "--paths", "4000", "--steps", "50",
+                     "--out", str(p)]) == 0
+        res[kind] = json.loads(p.read_text())
+    van = res["up-and-out"]["vanilla_lv"]
+    assert res["up-and-out"]["price_lv"] + res["up-and-in"]["price_lv"] == pytest.approx(van, rel=1e-9)
+    p = tmp_path / "asian.json"
+    assert main(["price", str(out), "--type", "asian", "--strike", "5000", "--expiry", "1.0",
+                 "--paths", "4000", "--steps", "50", "--out", str(p)]) == 0
+    asian = json.loads(p.read_text())
+    assert 0 < asian["price_lv"] < asian["vanilla_lv"]
+
+
+def test_cli_price_on_a_folder_that_is_not_a_calibration(tmp_path, capsys):
+    from core.__main__ import main
+
+    assert main(["price", str(tmp_path), "--type", "call", "--strike", "100", "--expiry", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "not a calibration folder" in err and "Traceback" not in err

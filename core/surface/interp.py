@@ -58,13 +58,39 @@ def svi_raw(y, a, b, rho, m, sigma):
     ``y`` ``(N,)`` evaluates ``n`` slices at once). ``w_y = b (rho + x / R)``, ``w_yy = b sigma^2 / R^3``
     with ``x = y - m``, ``R = sqrt(x^2 + sigma^2)``."""
     y = np.asarray(y, dtype=float)
-    x = y - m
-    R = np.sqrt(x * x + sigma * sigma)
-    iR = 1.0 / R
-    w = a + b * (rho * x + R)
-    w_y = b * (rho + x * iR)
-    w_yy = b * sigma * sigma * iR * iR * iR
-    return w, w_y, w_yy
+    a, b, rho, m, sigma = (np.asarray(v, dtype=float) for v in (a, b, rho, m, sigma))
+    # in place where possible: this is on the hot path of every local-vol evaluation
+    x = np.subtract(y, m)
+    R = x * x
+    R += sigma * sigma
+    np.sqrt(R, out=R)
+    w = rho * x
+    w += R
+    w *= b
+    w += a
+    np.reciprocal(R, out=R)                     # R is 1 / R from here
+    w_yy = R * R
+    w_yy *= R
+    w_yy *= b * sigma * sigma
+    np.multiply(x, R, out=x)
+    x += rho
+    x *= b
+    return w, x, w_yy
+
+
+def _rowdot(v, X):
+    """``v @ X`` for ``v`` (n,), ``X`` (n, N), in blocks of columns: one large matrix-vector product
+    goes to multithreaded BLAS, which was 100x slower than blocks under a loaded CPU."""
+    N = X.shape[1]
+    if N <= _BLOCK:
+        return v @ X
+    out = np.empty(N)
+    for c in range(0, N, _BLOCK):
+        out[c:c + _BLOCK] = v @ X[:, c:c + _BLOCK]
+    return out
+
+
+_BLOCK = 16384
 
 
 def _slope_matrix(s: np.ndarray, clamped_end: bool) -> np.ndarray:
@@ -135,7 +161,7 @@ class TInterp:
         slope, blended towards the safe slope by ``lam[j]``, then the monotonicity filter.
 
         ``X3`` = (W, W_y, W_yy) restricted to the group's points (each (n, c))."""
-        m = [self.M[j] @ X for X in X3]
+        m = [_rowdot(self.M[j], X) for X in X3]
         if not self.monotone:
             return m
         n = self.n
