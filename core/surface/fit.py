@@ -279,18 +279,31 @@ def _fit_ssvi(keys, Tn, y, iv, wt, idx, s, y_lo, y_hi):
     return r.surface, params, gparams
 
 
+def svi_surface(slices, T_nodes, y_lo, y_hi) -> VolSurface:
+    """The surface of fitted SVI slices: a ``SliceSurface`` of the slices when none has a spline correction,
+    else ``CorrectedSliceSurface`` (the backbones' ``SliceSurface`` plus the corrections, linear in ``T``)."""
+    from core.surface.interp import SliceSurface
+    from core.surface.svi import CorrectedSliceSurface, SVISplineSlice
+
+    base = [sl.base if isinstance(sl, SVISplineSlice) else sl for sl in slices]
+    back = SliceSurface(T_nodes=tuple(T_nodes), slices=tuple(base), y_lo=tuple(y_lo), y_hi=tuple(y_hi))
+    corr = [sl if isinstance(sl, SVISplineSlice) else None for sl in slices]
+    if not any(c is not None for c in corr):
+        return back
+    return CorrectedSliceSurface(back, T_nodes, corr)
+
+
 def _drop_corrections_where_arbitrage(slices, T_ok, lo_ok, hi_ok, grids, notes, max_rounds: int = 8):
     """The spline corrections are checked slice by slice, but the surface between expiries comes from the
     T-interpolation: where ``check_arbitrage`` finds ``g < 0`` or ``w_T < 0`` at or between expiries, the
     corrections of the expiries around it are removed (the SVI backbone stays, lifted above the previous
     slice if needed) until the surface is clean or no correction is left."""
-    from core.surface.interp import SliceSurface
     from core.surface.svi import SVISplineSlice, _lift
 
     slices = list(slices)
     orig = list(slices)
     for _ in range(max_rounds):
-        surf = SliceSurface(T_nodes=tuple(T_ok), slices=tuple(slices), y_lo=tuple(lo_ok), y_hi=tuple(hi_ok))
+        surf = svi_surface(slices, T_ok, lo_ok, hi_ok)
         arb = check_arbitrage(surf, T_ok)
         if not (arb["butterfly"] or arb["calendar"]):
             break
@@ -377,6 +390,6 @@ def _fit_svi(keys, Tn, y, iv, wt, idx, s, y_lo, y_hi, failed, notes, ask=None, b
             notes.append(f"{k}: SVI level lifted by {info.lifted:.2e} in total variance to stay above the previous expiry")
         params[k] = {"T": T, **sl.to_dict(), "g_min": float(np.min(sl.g(np.linspace(g[0], g[-1], 2001)))),
                      "start": info.start, "nfev": info.nfev, "success": info.success}
-    surf = SliceSurface(T_nodes=tuple(T_ok), slices=tuple(slices), y_lo=tuple(lo_ok), y_hi=tuple(hi_ok))
+    surf = svi_surface(slices, T_ok, lo_ok, hi_ok)
     g = {"ssvi_prefit": {"rho": pre.rho, "eta": pre.eta, "gamma": pre.gamma} if pre is not None else None}
     return surf, params, g

@@ -36,7 +36,7 @@ from scipy.interpolate import BSpline
 from scipy.optimize import least_squares
 
 from core.errors import ConvergenceWarning, InputError
-from core.surface.base import butterfly_g
+from core.surface.base import Derivatives, VolSurface, butterfly_g
 
 U_MAX = 0.995      # b (1 + |rho|) <= 2 U_MAX: strictly inside Lee's bound
 G_MARGIN = 1e-4    # butterfly penalty acts below this g
@@ -325,6 +325,58 @@ class SVISplineSlice:
         """JSON-able parameters: the backbone's ``a, b, rho, m, sigma`` and the correction."""
         return {**self.base.to_dict(), "correction_knots": [float(k) for k in self.knots],
                 "correction_coef": [float(c) for c in self.coef]}
+
+
+class CorrectedSliceSurface(VolSurface):
+    """SVI backbones joined in ``T`` by ``backbone`` (a ``core.surface.interp.SliceSurface``), plus the slices'
+    spline corrections joined piecewise linearly in ``T``: ``w(y, T) = W(y, T) + C(y, T)`` with
+    ``C = (1 - t) c_k(y) + t c_{k+1}(y)`` between expiries ``T_k, T_{k+1}`` (``t`` the fraction of the
+    interval), ``C = (T / T_1) c_1(y)`` before the first (``w(y, 0) = 0``) and ``C = c_n(y)`` after the last.
+    Why linear: the correction is a local feature of one expiry; a spline in ``T`` would carry it (and its
+    curvature in ``y``) into the neighbouring intervals with overshoot, and ``g`` between expiries with it.
+    ``dC/dT`` is piecewise constant (local vol may jump at an expiry, as in Andreasen & Huge 2011).
+    ``corrections``: per expiry an ``SVISplineSlice`` (its correction is used) or ``None``."""
+
+    def __init__(self, backbone, T_nodes, corrections):
+        self.backbone = backbone
+        self.T_nodes = tuple(float(t) for t in T_nodes)
+        self.corrections = tuple(corrections)
+        self.T_quoted = backbone.T_quoted
+
+    def derivatives(self, y, T) -> Derivatives:
+        """``w, w_y, w_yy, w_T`` at ``(y, T)`` (broadcast): the backbone's plus the interpolated correction."""
+        y, T = np.broadcast_arrays(np.asarray(y, float), np.asarray(T, float))
+        d = self.backbone.derivatives(y, T)
+        yf, Tf = y.ravel(), T.ravel()
+        Tn = np.asarray(self.T_nodes)
+        n = len(Tn)
+        C = np.zeros((3, n, yf.size))
+        for k, c in enumerate(self.corrections):
+            if c is not None:
+                C[:, k, :] = c.correction(yf)
+        k = np.clip(np.searchsorted(Tn, Tf, side="right") - 1, -1, n - 1)
+        cols = np.arange(yf.size)
+        lo = np.maximum(k, 0)
+        hi = np.minimum(k + 1, n - 1)
+        h = np.where(k >= 0, Tn[hi] - Tn[lo], Tn[0])
+        h = np.where(h > 0, h, 1.0)
+        t = np.where(k < 0, Tf / Tn[0], np.where(k >= n - 1, 1.0, (Tf - Tn[lo]) / h))
+        base = np.where(k < 0, 0.0, 1.0)
+        out = []
+        for i in range(3):
+            c_lo = np.where(k < 0, 0.0, C[i, lo, cols])
+            c_hi = np.where(k < 0, C[i, 0, cols], np.where(k >= n - 1, C[i, lo, cols], C[i, hi, cols]))
+            out.append((1.0 - t) * c_lo * base + t * c_hi)
+        c_lo0 = np.where(k < 0, 0.0, C[0, lo, cols])
+        c_hi0 = np.where(k < 0, C[0, 0, cols], C[0, hi, cols])
+        c_T = np.where(k >= n - 1, 0.0, (c_hi0 - c_lo0) / h)
+        sh = y.shape
+        return Derivatives(w=d.w + out[0].reshape(sh), w_y=d.w_y + out[1].reshape(sh),
+                           w_yy=d.w_yy + out[2].reshape(sh), w_T=d.w_T + c_T.reshape(sh))
+
+    def y_quoted(self, T):
+        """The backbone's quoted ``y``-range."""
+        return self.backbone.y_quoted(T)
 
 
 def _lift(sl, da: float):
