@@ -414,7 +414,7 @@ def likely_culprits(rows: pd.Series, executable: pd.Series) -> pd.Series:
     returns the culprit's quote index per violation (``-1`` for mid-only violations).
     """
     out = np.full(len(rows), -1, dtype=np.int64)
-    todo = {i: set(r) for i, (r, ex) in enumerate(zip(rows, executable)) if ex}
+    todo = {i: set(r) for i, (r, ex) in enumerate(zip(rows, executable, strict=True)) if ex}
     while todo:
         count: dict = {}
         for legs in todo.values():

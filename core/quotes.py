@@ -179,12 +179,12 @@ def make_quotes(df: pd.DataFrame, *, quote_time: Any = None, underlying: str | N
     q["root"] = q["root"].fillna("").astype(str)
     q["source"] = q["source"].fillna("").astype(str)
     if "settlement" not in q or q["settlement"].isna().any():
-        q["settlement"] = [settlement_for(r, e.date()) if pd.notna(e) else "PM" for r, e in zip(q["root"], q["expiry"])]
+        q["settlement"] = [settlement_for(r, e.date()) if pd.notna(e) else "PM" for r, e in zip(q["root"], q["expiry"], strict=True)]
     q["settlement"] = q["settlement"].astype(str)
     if "expiry_time" not in q or q["expiry_time"].isna().any():
         cache: dict = {}
         times = []
-        for e, s in zip(q["expiry"], q["settlement"]):
+        for e, s in zip(q["expiry"], q["settlement"], strict=True):
             key = (e, s)
             if key not in cache:
                 cache[key] = expiry_time(e, s) if pd.notna(e) else pd.NaT

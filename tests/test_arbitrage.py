@@ -230,5 +230,5 @@ def test_culprits_explain_demo_violations_by_the_planted_quotes():
     planted = set(chain.meta["bad_quotes"]["crossed"]) | set(chain.meta["bad_quotes"]["below_intrinsic"])
     assert len(ex) > 0
     assert set(ex["culprit"]) <= planted
-    assert all(c in legs for c, legs in zip(ex["culprit"], ex["rows"]))
+    assert all(c in legs for c, legs in zip(ex["culprit"], ex["rows"], strict=True))
     assert (qa.loc[~qa["survives_spread"], "culprit"] == -1).all()

@@ -8,8 +8,17 @@ import pandas as pd
 import pytest
 
 from core.errors import InputError
-from core.pipeline import (METHODS, Settings, calibrate, fit, local_vol, prepare, quotes_frame, summary_dict,
-                           write_outputs)
+from core.pipeline import (
+    METHODS,
+    Settings,
+    calibrate,
+    fit,
+    local_vol,
+    prepare,
+    quotes_frame,
+    summary_dict,
+    write_outputs,
+)
 from core.sources.demo import demo_chain
 
 SUMMARY_KEYS = {"source", "spot", "asof", "method", "n_quotes", "n_used", "excluded", "expiries", "local_vol", "seconds"}
