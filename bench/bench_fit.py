@@ -12,6 +12,7 @@ smooth and SVI fits against QuantLib's Andreasen-Huge calibration on the same da
 from __future__ import annotations
 
 import math
+import time
 import warnings
 
 import numpy as np
@@ -119,6 +120,42 @@ def _ql_andreasen_huge(q, spot, r, qdiv):
     return ah, ql.AndreasenHugeVolatilityAdapter(ah), today
 
 
+def _cpu_best(fn, repeat: int) -> float:
+    """Best CPU time (``time.process_time``, this process, all threads) of ``fn`` over ``repeat`` rounds."""
+    best = math.inf
+    for _ in range(max(1, repeat)):
+        c0 = time.process_time()
+        fn()
+        best = min(best, time.process_time() - c0)
+    return best
+
+
+def _spx_rows(rep: int) -> list[dict]:
+    """Fit time of each method on the real SPX chain of 24 Jan 2011 (through ``core.pipeline.prepare``)."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "spx_20110124" / "SPX-Options-24jan2011.csv"
+    if not path.exists():
+        return []
+    from core import pipeline
+    from core.sources.cboe import read_cboe
+
+    prep = pipeline.prepare(read_cboe(path), pipeline.Settings())
+    used = prep.quotes[prep.quotes["use"].astype(bool)]
+    label = f"SPX 24 Jan 2011, {used['expiry'].nunique()} expiries, {len(used)} OTM quotes"
+    rows = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for m in ("ssvi", "svi", "smooth"):
+            fit = lambda m=m: fit_surface(prep.quotes, prep.forwards, method=m)  # noqa: E731
+            t, f = best_of(fit, repeat=rep)
+            cpu = _cpu_best(fit, rep)
+            rows.append(row(f"fit {m}: {label}", "seconds", t, NO_PEER, math.nan, math.nan,
+                            f"CPU {cpu:.3f} s; inside bid/ask {f.residuals['inside'].mean():.1%}, arbitrage points "
+                            f"{f.arbitrage['butterfly'] + f.arbitrage['calendar']}"))
+    return rows
+
+
 def run(quick: bool = False) -> list[dict]:
     """Benchmark rows (see the module docstring); ``quick`` times one round instead of three and skips
     QuantLib's Andreasen-Huge calibrations."""
@@ -131,8 +168,10 @@ def run(quick: bool = False) -> list[dict]:
     times, fits = {}, {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        cpus = {}
         for m in ("ssvi", "svi", "smooth"):
             times[m], fits[m] = best_of(lambda m=m: fit_surface(q, fwd, method=m), repeat=rep)
+            cpus[m] = _cpu_best(lambda m=m: fit_surface(q, fwd, method=m), rep)
     try:
         import QuantLib  # noqa: F401
 
@@ -155,9 +194,10 @@ def run(quick: bool = False) -> list[dict]:
         f = fits[m]
         rows.append(row(f"fit {m}: {label}", "seconds", times[m], peer_name if have_ql else peer, t_peer,
                         ratio(times[m], t_peer, higher_is_better=False),
-                        f"inside bid/ask {np.mean(list(f.inside_share.values())):.1%}, arbitrage points "
+                        f"CPU {cpus[m]:.3f} s; inside bid/ask {np.mean(list(f.inside_share.values())):.1%}, arbitrage points "
                         f"{f.arbitrage['butterfly'] + f.arbitrage['calendar']}"
                         f"{ah_note if 'Andreasen' in peer_name else ql_svi_note}"))
+    rows += _spx_rows(rep)
     # accuracy on QuantLib's own Andreasen-Huge data
     from pathlib import Path
 

@@ -4,19 +4,31 @@ Inputs (same for everyone): out-of-the-money options on the accuracy domain of i
 in [1 day, 30 y], vol log-uniform in [1%, 500%] with total std dev ``s = sigma sqrt(T) <= 6``, moneyness
 ``y = ln(K/F)`` uniform within +-8 std devs (OTM side: call if K > F, put otherwise), undiscounted price
 ``>= 1e-12 F``. Prices from ``core.black.black_price`` (the erfcx form, accurate to a few ulps deep OTM).
-The error of each method is ``|vol - sigma_true|``. Ours runs on every option in one vectorised call;
-the scalar peers (Python loops) run on the first ``n_peer`` of the same options, and their throughput
-is per option. Single thread (the harness pins OMP/BLAS threads to 1).
+The error of each method is ``|vol - sigma_true|``. Ours runs on every option in one vectorised call,
+on each of its two backends (``[numba]``: the compiled kernels of ``core._black_numba``; ``[numpy]``:
+the pure-numpy path, forced by ``DUPIRE_DESK_NO_NUMBA=1``), each against every peer. The scalar peers
+(Python loops) run on the first ``n_peer`` of the same options, and their throughput is per option.
+Single thread (the harness pins OMP/BLAS threads to 1; no kernel runs in parallel). The numba rows
+time calls after the first (compilation, or loading numba's cache, is a separate row measured in
+fresh processes).
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
 from bench.common import best_of, ratio, row, throughput
-from core.black import black_price, implied_vol
+from core.black import NO_NUMBA_ENV, backend, black_price, implied_vol
+
+BACKENDS = ("numba", "numpy")
 
 DAY = 1.0 / 365.0
 
@@ -124,45 +136,106 @@ def _errors(vol: np.ndarray, true: np.ndarray) -> tuple[float, float, int]:
     return float(err.max()), float(np.median(err)), bad
 
 
+@contextlib.contextmanager
+def _backend(name: str):
+    # selects core.black's backend through its environment variable; yields False if unavailable
+    old = os.environ.get(NO_NUMBA_ENV)
+    if name == "numpy":
+        os.environ[NO_NUMBA_ENV] = "1"
+    else:
+        os.environ.pop(NO_NUMBA_ENV, None)
+    try:
+        yield backend() == name
+    finally:
+        if old is None:
+            os.environ.pop(NO_NUMBA_ENV, None)
+        else:
+            os.environ[NO_NUMBA_ENV] = old
+
+
+def _first_call_seconds(cache_dir: str) -> float:
+    """Wall time of the first ``implied_vol`` call in a fresh process: numba import plus compilation
+    (empty ``cache_dir``) or loading numba's cache (second run on the same ``cache_dir``)."""
+    code = ("import time, core.black as b; t = time.perf_counter(); b.implied_vol(8.0, 100.0, 100.0, 1.0, 1.0); "
+            "print(time.perf_counter() - t, b.backend())")
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
+    env.pop(NO_NUMBA_ENV, None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout.split()
+    if out[1] != "numba":
+        raise RuntimeError("numba backend unavailable in a fresh process")
+    return float(out[0])
+
+
+def _compile_rows() -> list[dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        cold = _first_call_seconds(tmp)
+        warm = min(_first_call_seconds(tmp) for _ in range(2))
+    return [row("numba first call (cold: compile)", "s", cold, notes=(
+                "fresh process, empty numba cache: import numba + compile both kernels; once per machine "
+                "and per change of core/_black_numba.py (cache=True)")),
+            row("numba first call (warm: cached)", "s", warm, notes=(
+                "fresh process, numba's on-disk cache filled: import numba + load the kernels; "
+                "`import core` itself never imports numba"))]
+
+
 def run(quick: bool = False) -> list[dict]:
-    """Throughput (M options/s) and max/median absolute vol error of ours and each peer."""
+    """Throughput (M options/s) and max/median absolute vol error of ours (both backends) and each peer."""
     n = 20_000 if quick else 1_000_000
     n_peer = {"QuantLib blackFormulaImpliedStdDev (loop)": 500 if quick else 100_000,
               "vollib LBR (loop)": 300 if quick else 20_000,
               "seed bisection (loop)": 300 if quick else 20_000}
     inp = make_inputs(n)
     args = (inp["price"], inp["F"], inp["K"], inp["T"], inp["cp"])
-    secs, vol = best_of(lambda: implied_vol(*args), repeat=2 if quick else 3)
-    ours_mps = throughput(n, secs)
-    cpu = min(_cpu_seconds(lambda: implied_vol(*args)) for _ in range(2))
-    ours_max, ours_med, ours_bad = _errors(vol, inp["sigma"])
     domain = ("OTM, T in [1d, 30y], vol in [1%, 500%], s <= 6, |y| <= 8 s, price >= 1e-12 F")
-    rows = [row("implied vol accuracy, all inputs", "max |vol err|", ours_max, notes=(
-                f"{n:,} options ({domain}); median {ours_med:.1e}; {ours_bad} NaN"))]
+    ours = {}
+    rows = []
+    for name in BACKENDS:
+        with _backend(name) as available:
+            if not available:
+                rows.append(row(f"implied vol [{name}]", "M options/s", math.nan, notes="backend unavailable"))
+                continue
+            implied_vol(*(a[:1000] for a in args))  # first call (numba: compile or cache load) not timed
+            secs, vol = best_of(lambda: implied_vol(*args), repeat=2 if quick else 3)
+            cpu = min(_cpu_seconds(lambda: implied_vol(*args)) for _ in range(2))
+        ours[name] = (throughput(n, secs), throughput(n, cpu), vol)
+        o_max, o_med, o_bad = _errors(vol, inp["sigma"])
+        rows.append(row(f"implied vol accuracy, all inputs [{name}]", "max |vol err|", o_max, notes=(
+            f"{n:,} options ({domain}); median {o_med:.1e}; {o_bad} NaN")))
+    if "numba" in ours and "numpy" in ours:
+        nb_mps, np_mps = ours["numba"][0], ours["numpy"][0]
+        rows.append(row("implied vol throughput [numba]", "M options/s", nb_mps, "ours [numpy]", np_mps,
+                        ratio(nb_mps, np_mps), f"same {n:,} options; CPU time: {ours['numba'][1]:.2f} vs "
+                        f"{ours['numpy'][1]:.2f} M/s"))
     peers = {"QuantLib blackFormulaImpliedStdDev (loop)": quantlib_iv, "vollib LBR (loop)": vollib_iv,
              "seed bisection (loop)": seed_bisection_iv}
-    for name, fn in peers.items():
-        m = min(n_peer[name], n)
+    for pname, fn in peers.items():
+        m = min(n_peer[pname], n)
         sub = {k: v[:m] for k, v in inp.items()}
         try:
             fn({k: v[:10] for k, v in sub.items()})  # warm-up: imports and first calls are not timed
             p_secs, p_vol = best_of(lambda fn=fn, sub=sub: fn(sub), repeat=1)
         except ImportError as exc:
-            rows.append(row("implied vol throughput", "M options/s", ours_mps, name, math.nan, math.nan,
+            rows.append(row("implied vol throughput", "M options/s", math.nan, pname, math.nan, math.nan,
                             f"peer not installed: {exc}"))
             continue
         p_mps = throughput(m, p_secs)
         p_max, p_med, p_bad = _errors(p_vol, sub["sigma"])
-        o_max, o_med, _ = _errors(vol[:m], sub["sigma"])
-        rows.append(row("implied vol throughput", "M options/s", ours_mps, name, p_mps,
-                        ratio(ours_mps, p_mps),
-                        f"ours: {n:,} options in one call ({throughput(n, cpu):.2f} M/s in CPU time: the machine "
-                        f"is shared); peer: first {m:,} of them, per option"))
-        rows.append(row("implied vol max error", "max |vol err|", o_max, name, p_max,
-                        ratio(o_max, p_max, higher_is_better=False),
-                        f"same {m:,} options; peer gave {p_bad} NaN/failures"))
-        rows.append(row("implied vol median error", "median |vol err|", o_med, name, p_med,
-                        ratio(o_med, p_med, higher_is_better=False), f"same {m:,} options"))
+        for name, (mps, cpu_mps, vol) in ours.items():
+            o_max, o_med, _ = _errors(vol[:m], sub["sigma"])
+            rows.append(row(f"implied vol throughput [{name}]", "M options/s", mps, pname, p_mps, ratio(mps, p_mps),
+                            f"ours: {n:,} options in one call ({cpu_mps:.2f} M/s in CPU time: the machine "
+                            f"is shared); peer: first {m:,} of them, per option"))
+            rows.append(row(f"implied vol max error [{name}]", "max |vol err|", o_max, pname, p_max,
+                            ratio(o_max, p_max, higher_is_better=False),
+                            f"same {m:,} options; peer gave {p_bad} NaN/failures"))
+            rows.append(row(f"implied vol median error [{name}]", "median |vol err|", o_med, pname, p_med,
+                            ratio(o_med, p_med, higher_is_better=False), f"same {m:,} options"))
+    if not quick and "numba" in ours:
+        try:
+            rows += _compile_rows()
+        except (subprocess.CalledProcessError, RuntimeError, IndexError, ValueError) as exc:
+            rows.append(row("numba first call", "s", math.nan, notes=f"not measured: {exc}"))
     rows += _price_rows(inp, quick)
     return rows
 
@@ -195,11 +268,8 @@ def _price_rows(inp: dict[str, np.ndarray], quick: bool) -> list[dict]:
     relative accuracy of both formulas against quadrature on the same OTM options."""
     n = inp["F"].size
     args = (inp["F"], inp["K"], inp["T"], inp["sigma"], inp["cp"])
-    secs, _ = best_of(lambda: black_price(*args), repeat=2 if quick else 3)
     n_secs, _ = best_of(lambda: _naive_price(*args), repeat=2 if quick else 3)
-    ours = throughput(n, secs)
-    rows = [row("black_price throughput", "M options/s", ours, "naive N(d1)F - N(d2)K (numpy, vectorised)",
-                throughput(n, n_secs), ratio(ours, throughput(n, n_secs)), f"same {n:,} options")]
+    ql_mps = math.nan
     try:
         import QuantLib as ql
 
@@ -212,17 +282,34 @@ def _price_rows(inp: dict[str, np.ndarray], quick: bool) -> list[dict]:
                     for F, k, t, sg, c in zip(*sub, strict=True)]
 
         q_secs, _ = best_of(loop, repeat=1)
-        rows.append(row("black_price throughput", "M options/s", ours, "QuantLib blackFormula (loop)",
-                        throughput(m, q_secs), ratio(ours, throughput(m, q_secs)), f"first {m:,} options, per option"))
+        ql_mps = throughput(m, q_secs)
     except ImportError:
         pass
+    rows = []
+    for name in BACKENDS:
+        with _backend(name) as available:
+            if not available:
+                continue
+            black_price(*(a[:1000] for a in args))
+            secs, _ = best_of(lambda: black_price(*args), repeat=2 if quick else 3)
+        ours = throughput(n, secs)
+        rows.append(row(f"black_price throughput [{name}]", "M options/s", ours,
+                        "naive N(d1)F - N(d2)K (numpy, vectorised)", throughput(n, n_secs),
+                        ratio(ours, throughput(n, n_secs)), f"same {n:,} options"))
+        if math.isfinite(ql_mps):
+            rows.append(row(f"black_price throughput [{name}]", "M options/s", ours, "QuantLib blackFormula (loop)",
+                            ql_mps, ratio(ours, ql_mps), f"first {m:,} options, per option"))
     k = 50 if quick else 400
     idx = np.linspace(0, n - 1, k).astype(int)
     ref = np.array([_quad_price(*(a[i] for a in args)) for i in idx])
-    ours_rel = np.abs(black_price(*(a[idx] for a in args)) / ref - 1)
     naive_rel = np.abs(_naive_price(*(a[idx] for a in args)) / ref - 1)
-    rows.append(row("black_price accuracy (OTM, vs quadrature)", "max rel err", float(ours_rel.max()),
-                    "naive N(d1)F - N(d2)K", float(naive_rel.max()),
-                    ratio(float(ours_rel.max()), float(naive_rel.max()), higher_is_better=False),
-                    f"{k} of the options above, prices down to 1e-12 F; scipy quad (expm1 form, epsrel 2e-14)"))
+    for name in BACKENDS:
+        with _backend(name) as available:
+            if not available:
+                continue
+            ours_rel = np.abs(black_price(*(a[idx] for a in args)) / ref - 1)
+        rows.append(row(f"black_price accuracy (OTM, vs quadrature) [{name}]", "max rel err", float(ours_rel.max()),
+                        "naive N(d1)F - N(d2)K", float(naive_rel.max()),
+                        ratio(float(ours_rel.max()), float(naive_rel.max()), higher_is_better=False),
+                        f"{k} of the options above, prices down to 1e-12 F; scipy quad (expm1 form, epsrel 2e-14)"))
     return rows

@@ -30,10 +30,17 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage block): the CLI promises one sentence per error."""
+
+    def error(self, message):  # noqa: D102 - argparse's hook
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m core``."""
-    ap = argparse.ArgumentParser(prog="python -m core", description="Dupire Desk: quotes to local vol.")
-    sub = ap.add_subparsers(dest="command", required=True)
+    ap = _Parser(prog="python -m core", description="Dupire Desk: quotes to local vol.")
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
     q = sub.add_parser("quotes", help="load, clean and write quotes, forwards and a summary")
     _common(q)
     c = sub.add_parser("calibrate", help="the whole pipeline: surface fit, local vol, arbitrage, round trip")

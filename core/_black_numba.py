@@ -1,10 +1,15 @@
-"""Compiled (numba) kernels of ``core.black``: the same algorithm as its numpy path, one element at a time.
+"""Compiled (numba) kernels of ``core.black``: the same algorithm as its numpy path, in one compiled call.
 
-Private module: ``core.black`` imports it lazily, on the first call that needs it, and falls back to the
-numpy path when numba is missing or a kernel fails to compile. Every formula, region boundary and
-evaluation order below mirrors the vectorised functions of ``core.black`` of the same name (read the
-maths there: Jaeckel, "Let's Be Rational", Wilmott 2015); only the control flow differs (per-element
-branches instead of masks), so there are no temporaries and each option is touched once.
+Private module: ``core.black`` imports it lazily, on the first call that needs it (importing compiles
+the two entry points, or loads them from numba's on-disk cache), and falls back to the numpy path when
+numba is missing or compilation fails. Every formula, region boundary and evaluation order mirrors the
+numpy functions of ``core.black`` of the same name (read the maths there: Jaeckel, "Let's Be Rational",
+Wilmott 2015); the numpy path's masks become per-element branches and index lists.
+
+Options go through the solver in blocks of ``_BLOCK`` (256): one loop per step and per region/branch,
+over scratch arrays that stay in L1. Consecutive iterations of such a loop are independent, so the CPU
+overlaps them (and LLVM vectorises the branch-free ones); one option at a time through the whole solver
+is a single long dependency chain with unpredictable branches, measured 2x slower.
 
 The tables (``erfcx`` pieces, Gauss-Laguerre nodes) are arguments, not globals: numba would freeze
 globals into its on-disk cache, which is keyed on this file only and would go stale when
@@ -51,6 +56,7 @@ _TAU_GL = 0.02
 _ERFCX_ZA = 50.0
 _ERFCX_Y0 = 4.0 / (4.0 + _ERFCX_ZA)
 _ERFCX_NP = 100
+_ERFCX_DEG = 6
 _ERFCX_SCALE = _ERFCX_NP / (1.0 - _ERFCX_Y0)
 _N_HOUSEHOLDER = 2
 
@@ -78,6 +84,9 @@ _AS241_E = (6.65790464350110377720e0, 5.46378491116411436990e0, 1.78482653991729
 _AS241_F = (1.0, 5.99832206555887937690e-1, 1.36929880922735805310e-1, 1.48753612908506148525e-2,
             7.86869131145613259100e-4, 1.84631831751005468180e-5, 1.42151175831644588870e-7,
             2.04426310338993978564e-15)
+
+
+_LN_AS241_TAIL = math.log(0.5 - 0.425)   # p below 0.075: AS 241's tail formulas
 
 
 @njit(**_INLINE)
@@ -110,6 +119,20 @@ def ndtri(p):
 
 
 @njit(**_INLINE)
+def _ndtri_cbrt(v):
+    """``ndtri(cbrt(v))``; in AS 241's tails ``sqrt(-ln p)`` is ``sqrt(-ln(v)/3)``: no cube root needed."""
+    lu = math.log(v) / 3.0
+    if not lu < _LN_AS241_TAIL:
+        return ndtri(np.cbrt(v))
+    r = math.sqrt(-lu)
+    if r <= 5.0:
+        r -= 1.6
+        return -(_poly7(_AS241_C, r) / _poly7(_AS241_D, r))
+    r -= 5.0
+    return -(_poly7(_AS241_E, r) / _poly7(_AS241_F, r))
+
+
+@njit(**_INLINE)
 def erfcx(z, tab):
     """``exp(z^2) erfc(z)`` for ``z >= 0`` from ``core.black``'s piecewise table ``tab`` (pieces, deg+1)."""
     if z != z:
@@ -125,7 +148,7 @@ def erfcx(z, tab):
     if idx < 0:
         idx = 0
     u = 2.0 * (k - idx) - 1.0
-    acc = tab[idx, 6]   # degree 6 (core.black checks the table's shape)
+    acc = tab[idx, 6]   # _ERFCX_DEG = 6, unrolled
     acc = acc * u + tab[idx, 5]
     acc = acc * u + tab[idx, 4]
     acc = acc * u + tab[idx, 3]
@@ -179,12 +202,12 @@ def _taylor_series(h, t, y0):
     return (2.0 * _INV_SQRT2PI) * acc * t
 
 
-@njit(**_INLINE)
+@njit(**_JIT)
 def _q_taylor(h, t, tab):
     return _taylor_series(h, t, _SQRT_PI_OVER_2 * erfcx(-h / _SQRT2, tab))
 
 
-@njit(**_INLINE)
+@njit(**_JIT)
 def _q_laguerre(h, t, gl):
     ah = -h
     tau = t / ah
@@ -195,7 +218,7 @@ def _q_laguerre(h, t, gl):
     return 2.0 * _INV_SQRT2PI * acc / ah
 
 
-@njit(**_INLINE)
+@njit(**_JIT)
 def normalised_black(x, s, bmax, tab, gl):
     """``(b, c, q, half_e2, upper)`` of ``core.black._normalised_black`` for one ``x <= 0``, ``s > 0``:
     ``b = E q`` (or ``b_max - E q`` when ``upper``), ``c = b_max - b``, ``E = exp(-half_e2)``."""
@@ -268,29 +291,7 @@ def _control(x_l, x_r, y_l, y_r, d_l, d_r, second, left, shape_preserving):
     return _fmax(r, _min_control(d_l, d_r, slope, shape_preserving))
 
 
-@njit(**_INLINE)
-def _guess_low(beta, x, sl, bl, tab):
-    # lowest branch: f = 2pi/sqrt27 |x| N(-z)^3, z = |x|/(sqrt3 s), between (0, 0) and (b_l, f_l)
-    ax = -x
-    z = ax / (_SQRT3 * sl)
-    y = z * z
-    ex = erfcx(z / _SQRT2, tab)
-    Phi = 0.5 * ex * math.exp(-0.5 * y)
-    f_l = _TWO_PI_OVER_SQRT27 * ax * Phi * Phi * Phi
-    fp = 2.0 * math.pi * y * 0.25 * ex * ex * math.exp(0.125 * sl * sl)
-    s2 = sl * sl
-    fpp = (math.pi / 6.0 * y / (s2 * sl) * 0.5 * ex * math.exp(1.5 * y + 0.25 * s2)
-           * (8.0 * _SQRT3 * sl * ax + (3.0 * s2 * (s2 - 8.0) - 8.0 * ax * ax) * 0.5 * ex * _SQRT2PI))
-    r = _control(0.0, bl, 0.0, f_l, 1.0, fp, fpp, False, True)
-    tt = beta / bl
-    f = _rational_cubic(tt, 1.0 - tt, 0.0, f_l, 1.0, fp, bl, r)
-    if not f > 0:
-        f = (f_l * tt + bl * (1.0 - tt)) * tt
-    u = np.cbrt(f / (_TWO_PI_OVER_SQRT27 * ax))
-    return ax / (_SQRT3 * -ndtri(u))
-
-
-@njit(**_INLINE)
+@njit(**_JIT)
 def _guess_high(cbeta, x, su, bu, cu, bmax, tab):
     # highest branch: f = N(-s/2) between (b_u, f_u) and (b_max, 0)
     hu = x / su
@@ -322,17 +323,20 @@ def _guess_mid(beta, lower, sl, sc, su, blu, bc, vc, vlu):
 
 
 @njit(**_INLINE)
-def _householder(s, x, beta, cbeta, ln_beta, kind, b, c, q, half_e2, upper):
+def _householder(s, hs, E, beta, cbeta, ln_beta, kind, b, c, q, half_e2, upper):
     """One third-order Householder step on the branch objective (kind 0: ``1/ln b``, lowest branch;
-    2: ``ln(b_max - b)``, highest branch above b_max/2; else ``b``)."""
+    2: ``ln(b_max - b)``, highest branch above b_max/2; else ``b``); ``hs = x/s``, ``E = exp(-half_e2)``."""
     ln_v = -half_e2 - _LN_SQRT2PI
-    vega = math.exp(ln_v)
-    hs = x / s
+    vega = E * _INV_SQRT2PI
     B = hs * hs / s - 0.25 * s                       # b''/b'
     B3 = B * B - 3.0 * ((hs / s) * (hs / s)) - 0.25  # third over first derivative of b
     if kind == 0:
-        ln_b = math.log(b) if upper else math.log(q) - half_e2
-        bpob = math.exp(ln_v - ln_b)                 # b'/b
+        if upper:
+            ln_b = math.log(b)
+            bpob = math.exp(ln_v - ln_b)             # b'/b
+        else:   # b = E q, b' = E/sqrt(2 pi): b'/b without exp, and without cancelling half_e2
+            ln_b = math.log(q) - half_e2
+            bpob = _INV_SQRT2PI / q
         inv = 1.0 / ln_b
         nu = (ln_beta - ln_b) * ln_b / ln_beta / bpob
         h2 = B - bpob * (1.0 + 2.0 * inv)
@@ -356,16 +360,14 @@ def _householder(s, x, beta, cbeta, ln_beta, kind, b, c, q, half_e2, upper):
 
 
 # ------------------------------------------------------------------------------ block kernels
-# Elements go through each step in blocks of _BLOCK: one loop per step (and per region of b), so that
-# consecutive iterations are independent and the CPU overlaps them. A single pass per element is one
-# long dependency chain with unpredictable branches: measured 2-3x slower. Scratch stays in L1/L2.
 
 _BLOCK = 256
 
 
 @njit(**_JIT)
 def _nb_block(m, x, s, bmax, tab, gl, b, c, q, he, up, hh, tt, i_t, i_e, i_l, ph, pt, py):
-    """``normalised_black`` of elements ``0..m-1`` of the block arrays into ``b, c, q, he, up``."""
+    """``normalised_black`` of elements ``0..m-1`` of the block arrays into ``b, c, q, he, up``; on return
+    ``hh`` holds ``h = x/s`` and ``tt`` holds ``E = exp(-he)`` (``ph, pt, py``, index lists: scratch)."""
     nt = 0
     ne = 0
     nl = 0
@@ -412,7 +414,9 @@ def _nb_block(m, x, s, bmax, tab, gl, b, c, q, he, up, hh, tt, i_t, i_e, i_l, ph
         q[i] = 0.5 * (e1 + e2) if u else 0.5 * (e1 - e2)
         up[i] = 1 if u else 0
     for i in range(m):
-        eq = math.exp(-he[i]) * q[i]
+        E = math.exp(-he[i])
+        tt[i] = E   # from here on tt holds E = exp(-half_e2): vega = E / sqrt(2 pi)
+        eq = E * q[i]
         if up[i]:
             b[i] = bmax[i] - eq
             c[i] = eq
@@ -541,12 +545,38 @@ def implied_vol(p, F, K, T, cp, D, tab, gl, vol, code):
             j = i_e[k]
             kind[j] = 1
             s[j] = _guess_mid(beta[j], low[j] == 1, sl[j], sc[j], su[j], b[j], bc[j], bmax[j] * _INV_SQRT2PI,
-                              math.exp(-he[j] - _LN_SQRT2PI))
+                              tt[j] * _INV_SQRT2PI)
+        # lowest branch: f = 2pi/sqrt27 |x| N(-z)^3, z = |x|/(sqrt3 s), interpolated between (0, 0) and
+        # (b_l, f_l); in three loops (shorter dependency chains overlap better), scratch in hh, tt, q, he
         for k in range(n0):
             j = i_t[k]
             kind[j] = 0
-            s[j] = _guess_low(beta[j], x[j], sl[j], b[j], tab)
             ln_beta[j] = math.log(beta[j])
+            ax = -x[j]
+            slj = sl[j]
+            z = ax / (_SQRT3 * slj)
+            y = z * z
+            ex = erfcx(z / _SQRT2, tab)
+            Phi = 0.5 * ex * math.exp(-0.5 * y)
+            hh[j] = _TWO_PI_OVER_SQRT27 * ax * Phi * Phi * Phi                       # f_l
+            tt[j] = 2.0 * math.pi * y * 0.25 * ex * ex * math.exp(0.125 * slj * slj)   # f'(b_l)
+            s2 = slj * slj
+            q[j] = (math.pi / 6.0 * y / (s2 * slj) * 0.5 * ex * math.exp(1.5 * y + 0.25 * s2)    # f''(b_l)
+                    * (8.0 * _SQRT3 * slj * ax + (3.0 * s2 * (s2 - 8.0) - 8.0 * ax * ax) * 0.5 * ex * _SQRT2PI))
+        for k in range(n0):
+            j = i_t[k]
+            bl = b[j]
+            f_l = hh[j]
+            fp = tt[j]
+            r = _control(0.0, bl, 0.0, f_l, 1.0, fp, q[j], False, True)
+            u = beta[j] / bl
+            f = _rational_cubic(u, 1.0 - u, 0.0, f_l, 1.0, fp, bl, r)
+            if not f > 0:
+                f = (f_l * u + bl * (1.0 - u)) * u
+            he[j] = f / (_TWO_PI_OVER_SQRT27 * -x[j])
+        for k in range(n0):
+            j = i_t[k]
+            s[j] = -x[j] / (_SQRT3 * -_ndtri_cbrt(he[j]))
         for k in range(n3):
             j = i_l[k]
             kind[j] = 2 if beta[j] > 0.5 * bmax[j] else 3
@@ -558,8 +588,8 @@ def implied_vol(p, F, K, T, cp, D, tab, gl, vol, code):
                     s[j] = sl[j] if low[j] == 1 else su[j]
             _nb_block(m, x, s, bmax, tab, gl, b, c, q, he, up, hh, tt, i_t, i_e, i_l, ph, pt, py)
             for j in range(m):
-                s[j] = _householder(s[j], x[j], beta[j], cbeta[j], ln_beta[j], kind[j], b[j], c[j], q[j], he[j],
-                                    up[j] == 1)
+                s[j] = _householder(s[j], hh[j], tt[j], beta[j], cbeta[j], ln_beta[j], kind[j], b[j], c[j], q[j],
+                                    he[j], up[j] == 1)
         for j in range(m):
             v = s[j] / rT[j]
             i = idx[j]

@@ -35,10 +35,15 @@ Two backends compute the same algorithm: compiled numba kernels (``core._black_n
 element by element; compiled or loaded from numba's on-disk cache at the first call, never at import)
 and the numpy code of this module, used when numba is not installed, when a kernel fails to compile
 (with a warning) or when the environment variable ``DUPIRE_DESK_NO_NUMBA=1`` is set.
-``backend()`` says which one the next call uses.
+``backend()`` says which one the next call uses. The two agree to a few ulps (libm against numpy's
+``exp``/``log``, Wichura's AS 241 against cephes' ``ndtri`` in the initial guess), and meet the same
+accuracy targets (tests run both). numba's cache lives next to the kernels (``core/__pycache__``, or
+``NUMBA_CACHE_DIR``): the first call on a machine compiles for ~15 s, later processes load in ~0.5 s.
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import math
 import os
 import threading
@@ -203,16 +208,13 @@ def _numba_tables() -> tuple[np.ndarray, np.ndarray]:
 def _load_numba():
     """Import (so compile, or load from numba's cache) the kernels; None when numba is not installed
     or compilation fails (then warn: the numpy path is correct, only slower)."""
+    if importlib.util.find_spec("numba") is None:
+        return None  # not installed: the numpy path, silently
     try:
-        import numba  # noqa: F401
-    except ImportError:
-        return None
-    try:
-        from core import _black_numba as nb
-
+        nb = importlib.import_module("core._black_numba")
         same = {"_T_TAYLOR": _T_TAYLOR, "_H_GL": _H_GL, "_TAU_GL": _TAU_GL, "_ERFCX_ZA": _ERFCX_ZA,
-                "_ERFCX_NP": _ERFCX_NP, "_N_HOUSEHOLDER": _N_HOUSEHOLDER, "_R_MAX": _R_MAX, "_R_MIN": _R_MIN,
-                "_TINY": _TINY}
+                "_ERFCX_NP": _ERFCX_NP, "_ERFCX_DEG": _ERFCX_DEG, "_N_HOUSEHOLDER": _N_HOUSEHOLDER,
+                "_R_MAX": _R_MAX, "_R_MIN": _R_MIN, "_TINY": _TINY}
         diff = [k for k, v in same.items() if getattr(nb, k) != v]
         codes = {"_OK": "ok", "_NON_FINITE": "non_finite", "_NON_POSITIVE": "non_positive",
                  "_BELOW": "below_intrinsic", "_ABOVE": "above_upper_bound", "_BAD_CP": "bad_cp",
@@ -517,7 +519,7 @@ def black_price(F, K, T, sigma, cp, D=1.0):
     ``price = D [max(cp (F - K), 0) + sqrt(F K) b(-|ln(F/K)|, sigma sqrt(T))]`` with the normalised
     OTM call ``b`` evaluated without cancellation (module docstring; Jaeckel 2015), so relative accuracy
     holds deep out of the money. ``sigma sqrt(T) = 0`` gives the discounted intrinsic value; NaN for
-    negative or non-finite inputs (``sigma = inf`` gives the upper bound).
+    negative or non-finite inputs (``sigma = inf`` gives the upper bound). Runs on ``backend()``.
     """
     kernels = _numba()
     if kernels is not None:
@@ -613,7 +615,7 @@ def implied_vol(price, F, K, T, cp, D=1.0, *, return_reason: bool = False):
     ``price/D - intrinsic`` only holds the digits the price has beyond the intrinsic value.
     Outside ``(D max(cp (F-K), 0), D F | D K)`` (bounds excluded), for non-finite or non-positive inputs,
     or ``cp`` not +1/-1 the vol is NaN; one bad element never raises. Shapes that do not broadcast raise
-    ``InputError``.
+    ``InputError``. Runs on ``backend()`` (numba kernels, else numpy; the same results to a few ulps).
     """
     kernels = _numba()
     if kernels is not None:

@@ -371,7 +371,10 @@ def open_source(spec: str, *, spot: float | None = None, asof=None, expiries=Non
     if spec == "demo" or spec.startswith("demo:"):
         from core.sources.demo import demo_chain
 
-        seed = int(spec.split(":", 1)[1]) if ":" in spec else 7
+        text = spec.split(":", 1)[1] if ":" in spec else "7"
+        if not text.strip().isdigit():
+            raise InputError(f"source {spec!r}: the demo seed must be a whole number >= 0, e.g. demo:7")
+        seed = int(text)
         chain = demo_chain(seed=seed) if asof is None else demo_chain(seed=seed, asof=asof)
     elif spec.lower().startswith("yahoo:"):
         from core.sources.yahoo import YahooSource

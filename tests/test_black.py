@@ -1,4 +1,5 @@
-"""Black-76 prices and vega (core.black): closed forms, parity, bounds, quadrature, QuantLib."""
+"""Black-76 prices and vega (core.black): closed forms, parity, bounds, quadrature, QuantLib; the price
+tests run on both backends (numba kernels and the numpy path)."""
 from __future__ import annotations
 
 import math
@@ -8,10 +9,22 @@ import pytest
 from scipy import integrate
 from scipy.special import ndtr
 
-from core.black import _erfcx, black_price, black_vega
+from core.black import NO_NUMBA_ENV, _erfcx, backend, black_price, black_vega
 from core.errors import InputError
 
 EPS = np.finfo(float).eps
+
+
+@pytest.fixture(params=["numba", "numpy"])
+def bp_backend(request, monkeypatch):
+    """Run the test on one backend (skips "numba" where numba is not installed)."""
+    if request.param == "numpy":
+        monkeypatch.setenv(NO_NUMBA_ENV, "1")
+    else:
+        monkeypatch.delenv(NO_NUMBA_ENV, raising=False)
+    if backend() != request.param:
+        pytest.skip(f"backend {request.param} unavailable (numba not installed?)")
+    return request.param
 
 
 def _naive(F, K, T, sigma, cp, D=1.0):
@@ -50,7 +63,23 @@ def test_erfcx_helper_matches_scipy():
     assert np.isnan(_erfcx(np.array([np.nan]))).all()
 
 
-def test_closed_form_where_nothing_cancels():
+def test_numba_helpers_match_scipy():
+    # the kernels' own erfcx (core.black's table, evaluated per element) and AS241 inverse normal
+    nb = pytest.importorskip("core._black_numba", exc_type=ImportError)
+    from scipy.special import erfcx, ndtri
+
+    from core.black import _numba_tables
+
+    tab, _ = _numba_tables()
+    z = np.concatenate([np.linspace(0, 1, 1001), np.geomspace(1e-12, 1e6, 2001), [0.0, 49.999, 50.0, 1e300]])
+    np.testing.assert_allclose([nb.erfcx(v, tab) for v in z], erfcx(z), rtol=4e-15, atol=0)
+    assert math.isnan(nb.erfcx(math.nan, tab))
+    p = np.concatenate([np.geomspace(1e-300, 0.5, 3000), 1 - np.geomspace(1e-16, 0.5, 1000)])
+    np.testing.assert_allclose([nb.ndtri(v) for v in p], ndtri(p), rtol=1e-14, atol=1e-15)
+    assert nb.ndtri(0.0) == -math.inf and nb.ndtri(1.0) == math.inf and math.isnan(nb.ndtri(1.5))
+
+
+def test_closed_form_where_nothing_cancels(bp_backend):
     rng = np.random.default_rng(1)
     F = rng.uniform(50, 150, 2000)
     K = F * np.exp(rng.uniform(-0.5, 0.5, 2000))
@@ -68,7 +97,7 @@ def test_closed_form_where_nothing_cancels():
     (100.0, 100.5, 1 / 365, 0.01),  # one day, 1% vol
     (100.0, 1e4, 30.0, 5.0 / math.sqrt(30) * 6 / 5),  # total std dev 6
 ])
-def test_deep_otm_matches_quadrature(F, K, T, sigma):
+def test_deep_otm_matches_quadrature(F, K, T, sigma, bp_backend):
     cp = 1.0 if K > F else -1.0
     ours = float(black_price(F, K, T, sigma, cp))
     ref = _quad_otm(F, K, T, sigma)
@@ -76,7 +105,7 @@ def test_deep_otm_matches_quadrature(F, K, T, sigma):
     assert abs(ours / ref - 1) < 1e-12, (ours, ref)
 
 
-def test_naive_formula_cancels_where_ours_does_not():
+def test_naive_formula_cancels_where_ours_does_not(bp_backend):
     # one day, 1% vol, 10 std devs out: N(d1) F - N(d2) K cancels (5 digits lost); ours matches quadrature
     F, K, T, sig = 100.0, 100.5, 1 / 365, 0.01
     ours = float(black_price(F, K, T, sig, 1))
@@ -85,7 +114,7 @@ def test_naive_formula_cancels_where_ours_does_not():
     assert abs(float(_naive(F, K, T, sig, 1)) / ref - 1) > 1e-11  # ~5 digits lost
 
 
-def test_put_call_parity_and_bounds():
+def test_put_call_parity_and_bounds(bp_backend):
     rng = np.random.default_rng(2)
     n = 20_000
     F = np.exp(rng.uniform(-3, 8, n))
@@ -104,7 +133,7 @@ def test_put_call_parity_and_bounds():
         assert np.all((price > intrinsic) | (price - intrinsic == 0))
 
 
-def test_monotone_in_sigma_and_limits():
+def test_monotone_in_sigma_and_limits(bp_backend):
     sig = np.geomspace(1e-4, 50, 4000)
     for K, cp in ((80.0, 1), (120.0, 1), (80.0, -1), (120.0, -1), (100.0, 1)):
         p = black_price(100.0, K, 1.0, sig, cp)
@@ -140,7 +169,7 @@ def test_vega_closed_form_and_central_difference():
     assert float(black_vega(100, 120, 1, 0.0)) == 0.0
 
 
-def test_shapes_scalars_and_errors():
+def test_shapes_scalars_and_errors(bp_backend):
     out = black_price(100, 100, 1, 0.2, 1)
     assert isinstance(out, np.ndarray) and out.shape == ()
     out = black_price([100, 110], [[90], [100], [110]], 1.0, 0.2, [1, -1])
@@ -153,7 +182,7 @@ def test_shapes_scalars_and_errors():
 
 
 @pytest.mark.quantlib
-def test_against_quantlib_black_formula():
+def test_against_quantlib_black_formula(bp_backend):
     ql = pytest.importorskip("QuantLib")
     rng = np.random.default_rng(4)
     n = 400

@@ -124,9 +124,9 @@ def test_property_no_executable_cell(rows, names):
     df = pd.DataFrame(rows, columns=names) if rows else pd.DataFrame({n: [] for n in names})
     parsed = _cells(safe_csv(df))
     assert len(parsed) == len(rows) + 1, "every row (and the header) comes back, line breaks included"
-    for r_in, r_out in zip([names] + rows, parsed):
+    for r_in, r_out in zip([names] + rows, parsed, strict=True):
         assert len(r_out) == 2
-        for v_in, v_out in zip(r_in, r_out):
+        for v_in, v_out in zip(r_in, r_out, strict=True):
             assert not _executable(v_out), (v_in, v_out)
             if v_in is None:
                 assert v_out == ""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import gzip
 import io
-import json
 import os
 import subprocess
 import sys
@@ -26,8 +25,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.errors import (DataSourceError, FormatError, InputError, NetworkError, NoOptionsError, RateLimitError,
-                         SnapshotError, SourceTimeout, UnknownTickerError)
+from core.errors import (
+    DataSourceError,
+    FormatError,
+    InputError,
+    NetworkError,
+    NoOptionsError,
+    RateLimitError,
+    SnapshotError,
+    SourceTimeout,
+    UnknownTickerError,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 Options = namedtuple("Options", ["calls", "puts", "underlying"])
@@ -517,9 +525,6 @@ def test_million_row_upload_is_under_the_size_limit():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="GAP (core/sources/detect.py load_file, ui/data.py upload): no row guard before "
-                   "parsing; a 1,000,000-row CSV under the 25 MB limit is parsed in full (40+ s, ~0.8 GB) before "
-                   "ui.data.upload's MAX_UPLOAD_ROWS check refuses it. Count lines first (e.g. load_file(max_rows=))")
 def test_million_row_upload_refused_within_seconds(tmp_path):
     f = tmp_path / "million.csv"
     f.write_bytes(_million_rows())
@@ -561,3 +566,24 @@ def test_streamlit_server_settings():
     except ImportError:
         return
     assert data.MAX_UPLOAD_MB == limit, "the app's own check and the server's limit agree"
+
+
+def test_app_yahoo_offline_shows_a_message(monkeypatch):
+    """AppTest: Yahoo chosen with the network gone (``DUPIRE_DESK_SIMULATE_OFFLINE``): a message and the
+    fallbacks, no exception; a malformed ticker is refused before any request."""
+    pytest.importorskip("streamlit")
+    if not (ROOT / "app.py").is_file():
+        pytest.skip("app.py does not exist yet")
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("DUPIRE_DESK_SIMULATE_OFFLINE", "1")
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    at.sidebar.radio(key="source").set_value("Yahoo Finance").run()
+    assert not at.exception
+    at.sidebar.text_input(key="ticker").set_value("SPY").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "network" in " ".join(e.value for e in at.error).lower()
+    assert any(b.label == "Use the demo market" for b in at.button)
+    at.sidebar.text_input(key="ticker").set_value("../../etc/passwd").run()
+    assert not at.exception
+    assert "not a ticker" in " ".join(e.value for e in at.error).lower()

@@ -1,8 +1,14 @@
 """Implied vol (core.black.implied_vol, quote_implied_vols): round trips over the whole domain of issue 3,
-QuantLib on the same inputs, edge cases at every bound, reason codes, shapes and dtypes (Hypothesis)."""
+QuantLib on the same inputs, edge cases at every bound, reason codes, shapes and dtypes (Hypothesis).
+The accuracy and reason-code tests run on both backends (numba kernels and the numpy path)."""
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import subprocess
+import sys
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -11,11 +17,48 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from core.black import IV_REASON_CODES, IV_REASONS, black_price, black_vega, implied_vol, quote_implied_vols
+import core.black as black
+from core.black import (
+    IV_REASON_CODES,
+    IV_REASONS,
+    NO_NUMBA_ENV,
+    backend,
+    black_price,
+    black_vega,
+    implied_vol,
+    quote_implied_vols,
+)
 from core.errors import InputError
 
 EPS = np.finfo(float).eps
 DAY = 1 / 365
+BACKENDS = ["numba", "numpy"]
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Run the body on one backend (``DUPIRE_DESK_NO_NUMBA``); skips "numba" where numba is not installed.
+    A context manager, not a fixture, so that Hypothesis tests can use it too."""
+    old = os.environ.get(NO_NUMBA_ENV)
+    if name == "numpy":
+        os.environ[NO_NUMBA_ENV] = "1"
+    else:
+        os.environ.pop(NO_NUMBA_ENV, None)
+    try:
+        if backend() != name:
+            pytest.skip(f"backend {name} unavailable (numba not installed?)")
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(NO_NUMBA_ENV, None)
+        else:
+            os.environ[NO_NUMBA_ENV] = old
+
+
+@pytest.fixture(params=BACKENDS)
+def iv_backend(request):
+    with use_backend(request.param):
+        yield request.param
 
 
 def _domain(n: int, seed: int, otm: bool = True):
@@ -39,7 +82,7 @@ def _domain(n: int, seed: int, otm: bool = True):
 
 # ------------------------------------------------------------------------------------ round trips
 
-def test_vol_price_vol_otm_domain_absolute_error_1e11():
+def test_vol_price_vol_otm_domain_absolute_error_1e11(iv_backend):
     F, K, T, sig, cp, D, p = _domain(200_000, seed=11)
     assert F.size == 200_000
     vol, reason = implied_vol(p, F, K, T, cp, D, return_reason=True)
@@ -49,7 +92,7 @@ def test_vol_price_vol_otm_domain_absolute_error_1e11():
     assert np.median(err) <= 1e-15  # most are exact to the last bit or two
 
 
-def test_price_vol_price_reprices_within_1e13_everywhere_inside_the_bounds():
+def test_price_vol_price_reprices_within_1e13_everywhere_inside_the_bounds(iv_backend):
     # prices placed anywhere strictly between the bounds (down to 1e-14 of the range from either end)
     rng = np.random.default_rng(12)
     n = 200_000
@@ -69,7 +112,7 @@ def test_price_vol_price_reprices_within_1e13_everywhere_inside_the_bounds():
     assert rel.max() <= 1e-13, rel.max()
 
 
-def test_itm_accuracy_bounded_by_the_time_value_a_double_holds():
+def test_itm_accuracy_bounded_by_the_time_value_a_double_holds(iv_backend):
     F, K, T, sig, cp, D, p = _domain(100_000, seed=13, otm=False)
     itm = cp * (F - K) > 0
     assert itm.sum() > 10_000
@@ -115,7 +158,7 @@ def test_against_quantlib_on_the_same_inputs():
     (6.0 ** 2 / 25.0, 5.0, 0.5),                                                     # vol 500%, s = 6
 ])
 @pytest.mark.parametrize("cp", [1.0, -1.0])
-def test_edges_of_the_domain(T, sigma, z, cp):
+def test_edges_of_the_domain(T, sigma, z, cp, iv_backend):
     F = 100.0
     K = F * math.exp(z * sigma * math.sqrt(T))
     p = float(black_price(F, K, T, sigma, cp, 0.97))
@@ -132,7 +175,7 @@ def test_edges_of_the_domain(T, sigma, z, cp):
 
 
 @pytest.mark.parametrize("K, cp", [(50.0, 1.0), (150.0, 1.0), (50.0, -1.0), (150.0, -1.0), (100.0, 1.0), (100.0, -1.0)])
-def test_one_ulp_inside_each_bound(K, cp):
+def test_one_ulp_inside_each_bound(K, cp, iv_backend):
     F, D, T = 100.0, 1.0, 0.5
     upper = F if cp > 0 else K
     intrinsic = max(cp * (F - K), 0.0)
@@ -151,7 +194,7 @@ def test_one_ulp_inside_each_bound(K, cp):
             assert np.isnan(vol) and str(reason) == "below_intrinsic"
 
 
-def test_deep_itm_and_deep_otm():
+def test_deep_itm_and_deep_otm(iv_backend):
     F, T, sig = 100.0, 1.0, 0.2
     for K, cp in ((1.0, 1.0), (1e4, -1.0), (1e4, 1.0), (1.0, -1.0)):
         p = float(black_price(F, K, T, sig, cp))
@@ -162,7 +205,7 @@ def test_deep_itm_and_deep_otm():
             assert str(reason) == "ok" and abs(float(vol) - sig) < 1e-13
 
 
-def test_underflowing_time_value_is_below_intrinsic():
+def test_underflowing_time_value_is_below_intrinsic(iv_backend):
     vol, reason = implied_vol(5e-324, 100.0, 100.0, 1.0, 1.0, return_reason=True)
     assert np.isnan(vol) and str(reason) == "below_intrinsic"
 
@@ -170,7 +213,7 @@ def test_underflowing_time_value_is_below_intrinsic():
 @pytest.mark.parametrize("arg", ["price", "F", "K", "T", "D"])
 @pytest.mark.parametrize("value, why", [(0.0, "non_positive"), (-1.0, "non_positive"), (np.nan, "non_finite"),
                                         (np.inf, "non_finite"), (-np.inf, "non_finite")])
-def test_bad_inputs_are_nan_with_reason(arg, value, why):
+def test_bad_inputs_are_nan_with_reason(arg, value, why, iv_backend):
     args = dict(price=np.array([5.0, 5.0]), F=100.0, K=100.0, T=1.0, cp=1.0, D=1.0)
     args[arg] = np.array([value, args[arg] if arg != "price" else 5.0], dtype=float)
     vol, reason = implied_vol(args["price"], args["F"], args["K"], args["T"], args["cp"], args["D"], return_reason=True)
@@ -178,7 +221,7 @@ def test_bad_inputs_are_nan_with_reason(arg, value, why):
     assert reason[1] == "ok" and np.isfinite(vol[1])   # one bad element never spoils its neighbour
 
 
-def test_bad_cp_and_reason_codes():
+def test_bad_cp_and_reason_codes(iv_backend):
     vol, reason = implied_vol(5.0, 100.0, 100.0, 1.0, [1, -1, 0, 2, 0.5, np.nan], return_reason=True)
     assert reason.tolist() == ["ok", "ok", "bad_cp", "bad_cp", "bad_cp", "non_finite"]
     assert np.isfinite(vol[:2]).all() and np.isnan(vol[2:]).all()
@@ -186,7 +229,7 @@ def test_bad_cp_and_reason_codes():
     assert all(isinstance(v, str) and v for v in IV_REASONS.values())
 
 
-def test_shapes_scalars_lists():
+def test_shapes_scalars_lists(iv_backend):
     v = implied_vol(8.0, 100, 100, 1, 1)
     assert isinstance(v, np.ndarray) and v.shape == () and v.dtype == np.float64
     v, r = implied_vol(8.0, 100, 100, 1, 1, return_reason=True)
@@ -203,9 +246,15 @@ def test_shapes_scalars_lists():
 dtypes = st.sampled_from([np.float64, np.float32, np.int64, np.int32])
 
 
+@pytest.mark.parametrize("backend_name", BACKENDS)
 @given(hnp.mutually_broadcastable_shapes(num_shapes=6, max_dims=3, max_side=4), dtypes, dtypes,
        st.integers(0, 2**32 - 1), st.booleans())
-def test_hypothesis_shapes_dtypes_and_invariants(shapes, dt_price, dt_other, seed, as_list):
+def test_hypothesis_shapes_dtypes_and_invariants(backend_name, shapes, dt_price, dt_other, seed, as_list):
+    with use_backend(backend_name):
+        _check_shapes_dtypes_and_invariants(shapes, dt_price, dt_other, seed, as_list)
+
+
+def _check_shapes_dtypes_and_invariants(shapes, dt_price, dt_other, seed, as_list):
     rng = np.random.default_rng(seed)
     sh = shapes.input_shapes
     F = (rng.uniform(50, 150, sh[1])).astype(dt_other)
@@ -226,6 +275,53 @@ def test_hypothesis_shapes_dtypes_and_invariants(shapes, dt_price, dt_other, see
         b = np.broadcast_arrays(*(np.asarray(a, float) for a in (price, F, K, T, cp, D)))
         p2 = black_price(b[1], b[2], b[3], vol, b[4], b[5])
         assert np.all(np.abs(p2[ok] / b[0][ok] - 1) <= 1e-13)
+
+
+# ------------------------------------------------------------------------------------ backends
+
+def test_backends_agree_to_the_last_digits():
+    # the same algorithm twice: only libm vs numpy exp/log and AS241 vs cephes ndtri differ (an ulp here and
+    # there, which the Householder steps do not amplify beyond a few ulps of the vol)
+    F, K, T, sig, cp, D, p = _domain(50_000, seed=21, otm=False)
+    bad_p = np.array([0.0, np.nan, 2 * F[0], 5e-324])   # non_positive, non_finite, above the bound, underflow
+    p = np.concatenate([p, bad_p])
+    F, K, T, sig, cp, D = (np.concatenate([a, np.full(4, a[0])]) for a in (F, K, T, sig, cp, D))
+    with use_backend("numba"):
+        v_nb, r_nb = implied_vol(p, F, K, T, cp, D, return_reason=True)
+        p_nb = black_price(F, K, T, sig, cp, D)
+    with use_backend("numpy"):
+        v_np, r_np = implied_vol(p, F, K, T, cp, D, return_reason=True)
+        p_np = black_price(F, K, T, sig, cp, D)
+    assert (r_nb == r_np).all()
+    assert set(r_np[-4:].tolist()) == {"non_positive", "non_finite", "above_upper_bound", "below_intrinsic"}
+    ok = r_np == "ok"
+    assert np.all(np.abs(v_nb[ok] - v_np[ok]) <= 1e-13 * v_np[ok]) and np.isnan(v_nb[~ok]).all()
+    # prices: an ulp of exp(-h^2/2) is amplified by h^2 deep out of the money (black.py docstring)
+    np.testing.assert_allclose(p_nb, p_np, rtol=1e-13, atol=0)
+
+
+def test_numba_import_is_lazy_and_failure_falls_back_with_a_warning(monkeypatch):
+    pytest.importorskip("numba")
+    # importing core (and core.black) compiles nothing and does not even import numba
+    code = "import sys, core, core.black; assert 'numba' not in sys.modules and 'core._black_numba' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    # a kernel module that cannot be built: one RuntimeWarning, then the numpy path, same answers
+    monkeypatch.delenv(NO_NUMBA_ENV, raising=False)
+    monkeypatch.setattr(black, "_numba_state", {})
+    monkeypatch.setitem(sys.modules, "core._black_numba", None)   # makes the import fail
+    with pytest.warns(RuntimeWarning, match="numba kernels are unusable"):
+        assert backend() == "numpy"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # warned once, not at every call
+        v, r = implied_vol([8.0, -1.0], 100.0, 100.0, 1.0, 1.0, return_reason=True)
+    assert r.tolist() == ["ok", "non_positive"] and abs(float(black_price(100, 100, 1, v[0], 1)) - 8.0) < 1e-13
+
+
+def test_environment_variable_forces_numpy(monkeypatch):
+    monkeypatch.setenv(NO_NUMBA_ENV, "1")
+    assert backend() == "numpy"
+    monkeypatch.setenv(NO_NUMBA_ENV, "0")
+    assert backend() == ("numba" if black._numba() is not None else "numpy")
 
 
 # ------------------------------------------------------------------------------ quote_implied_vols

@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import importlib
-import io
 import math
 import warnings
 from collections import Counter
@@ -35,13 +34,20 @@ _PROPERTY_TESTS: set[str] = set()
 
 
 def counted(fn):
-    """Count the examples a property test runs (the body calls, shrinking included)."""
+    """Count the examples a property test runs (body calls, shrinking included; ``assume``-rejected
+    calls are not counted, as Hypothesis does not count them either)."""
+    from hypothesis.errors import UnsatisfiedAssumption
+
     _PROPERTY_TESTS.add(fn.__name__)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         _EXAMPLES[fn.__name__] += 1
-        return fn(*args, **kwargs)
+        try:
+            return fn(*args, **kwargs)
+        except UnsatisfiedAssumption:
+            _EXAMPLES[fn.__name__] -= 1
+            raise
 
     return wrapper
 
@@ -69,8 +75,11 @@ EXPIRY_POOL = [pd.Timestamp(d) for d in ("2026-06-12", "2026-06-15", "2026-06-16
 cp_value = st.one_of(st.sampled_from([1, -1]), st.sampled_from([1, -1, "C", "P", "call", "put", 1.0]))
 
 
+PLAIN_CP = st.sampled_from([1, -1])
+
+
 @st.composite
-def quote_rows(draw, min_rows: int = 0, max_rows: int = 24, cp=st.sampled_from([1, -1])):
+def quote_rows(draw, min_rows: int = 0, max_rows: int = 24, cp=PLAIN_CP):
     """A raw quote table for ``make_quotes``: realistic rows mixed with hostile ones."""
     n = draw(st.integers(min_rows, max_rows))
     expiries = draw(st.lists(st.sampled_from(EXPIRY_POOL), min_size=1, max_size=3))
@@ -601,7 +610,7 @@ def _check_fit(fr, q):
     assert res["inside"].dtype == bool
     for k, v in fr.rmse_bp.items():
         assert math.isfinite(v) and v >= 0, (k, v)
-    for k, v in fr.inside_share.items():
+    for v in fr.inside_share.values():
         assert 0.0 <= v <= 1.0
     assert set(fr.rmse_bp) <= set(fr.params)
     assert all(isinstance(f, str) for f in fr.failed_expiries)
@@ -823,7 +832,7 @@ def test_seeds_implied_and_local_vol(g):
 @given(st.one_of(nasty_float, st.floats(-10, 10)), st.one_of(nasty_float, st.floats(-10, 10)))
 @counted
 def test_seeds_local_vol_point_arguments(K, T):
-    from core.seeds import DupireLocalVol, ImpliedVolSurface, generate_market_surface
+    from core.seeds import DupireLocalVol
 
     ivs = _seed_surface()
     lv = DupireLocalVol(ivs)
@@ -1119,7 +1128,8 @@ def _check_prepared(prep, chain):
     assert set(prep.expiries) <= exp
 
 
-@settings(max_examples=min(settings().max_examples, 150))
+@pytest.mark.slow
+@settings(max_examples=min(settings().max_examples, 200))
 @given(perturbed_chain())
 @counted
 def test_prepare_perturbed_demo(chain_ops):
@@ -1241,6 +1251,49 @@ def test_snapshot_round_trip_of_loaded_files(data):
     pd.testing.assert_frame_equal(back.quotes[cols].reset_index(drop=True), chain.quotes[cols].reset_index(drop=True),
                                   check_dtype=False)
     assert back.spot == chain.spot and back.underlying == chain.underlying
+
+
+# ---------------------------------------------------------------------------------------- sources by name
+def _valid_demo_seed(spec: str) -> bool:
+    tail = spec.split(":", 1)[1].strip() if ":" in spec else "7"
+    return tail.isdigit() and tail.isascii()
+
+
+@given(st.one_of(st.text(max_size=30), st.builds(lambda t: "demo:" + t, st.text(max_size=8)),
+                 st.builds(lambda t: "yahoo:" + t, st.text(max_size=20)),
+                 st.sampled_from(["", ".", "/", "..", "/etc/passwd", "/dev/null", "README.md", "core", "DEMO",
+                                  "demo:", "demo:-1", "yahoo:", "yahoo:../../etc", "file:///etc/passwd"])))
+@counted
+def test_open_source_specs(spec):
+    """Any SOURCE text: a chain, or InputError / FormatError naming it; never the network here."""
+    from core.errors import DataSourceError
+    from core.pipeline import open_source
+    from core.sources.yahoo import validate_ticker
+
+    if spec.strip() == "demo" or (spec.strip().startswith("demo:") and _valid_demo_seed(spec.strip())):
+        assume(False)   # the demo itself is tested elsewhere (and costs 0.4 s a call)
+    if spec.strip().lower().startswith("yahoo:"):
+        try:
+            validate_ticker(spec.strip().split(":", 1)[1])
+            assume(False)   # a valid ticker would go to the network
+        except InputError:
+            pass
+    try:
+        chain = open_source(spec, timeout=0.5)
+    except (InputError, FormatError) as exc:
+        assert str(exc)
+        return
+    except DataSourceError:
+        pytest.fail(f"{spec!r} reached a live data source")
+    _check_chain(chain)
+
+
+@pytest.mark.parametrize("spec", ["demo:abc", "demo:", "demo:-1"])
+def test_open_source_bad_demo_seed(spec):
+    from core.pipeline import open_source
+
+    with pytest.raises(InputError, match="seed|demo"):
+        open_source(spec)
 
 
 # ---------------------------------------------------------------------------------------- example budget

@@ -44,8 +44,8 @@ def test_spx_svi_keeps_liquid_otm_quotes_inside_bid_ask(spx):
     # (not the tick-priced far wings)
     liquid = used["bid"].to_numpy() >= 0.5
     assert liquid.sum() > 500
-    assert r["inside"].to_numpy()[liquid].mean() >= 0.90
-    assert r["inside"].mean() >= 0.90
+    assert r["inside"].to_numpy()[liquid].mean() >= 0.90     # issue 4
+    assert r["inside"].mean() >= 0.97                          # with the spline correction (plain SVI: 95%)
 
 
 @pytest.mark.slow
@@ -87,17 +87,31 @@ def test_andreasen_huge_smooth_meets_quantlibs_tolerance(shared_data):
     assert err.max() <= 15.0 and err.mean() <= 3.5      # QuantLib's test tolerance for this data
 
 
-def test_andreasen_huge_svi(shared_data):
-    """Raw SVI is convex in y (w'' = b sigma^2 / R^3 > 0), and the 9-day slice of this data is not: no convex
-    slice can come within 15 bp of it (next test), so SVI is held to its measured accuracy instead."""
+def test_andreasen_huge_svi_meets_quantlibs_tolerance(shared_data):
+    """MUST HOLD (issue 4): the SVI method (SVI backbone + spline correction) at QuantLib's tolerance for this
+    data, max 15 bp and mean 3.5 bp, with no static arbitrage in the fitted surface, checked densely."""
+    q, fwd = ah_quotes(shared_data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # no optimiser trouble on this data
+        f = fit_surface(q, fwd, method="svi")
+    err = f.residuals["resid_bp"].abs()
+    print(f"\nAndreasen-Huge, SVI: max {err.max():.2f} bp, mean {err.mean():.2f} bp, {f.seconds:.2f} s")
+    assert err.max() <= 15.0 and err.mean() <= 3.5
+    assert f.arbitrage["butterfly"] == 0 and f.arbitrage["calendar"] == 0
+    g_min, wT_min = dense_arbitrage(f.surface, sorted(v["T"] for v in f.params.values()))
+    assert g_min >= 0 and wT_min >= 0
+    # the convex backbone alone cannot (next test): the correction is doing the work
+    assert sum("correction_coef" in v for v in f.params.values()) >= 1
+
+
+def test_andreasen_huge_pure_svi_misses(shared_data):
+    """Strongly regularised (smoothing near 1, the correction flattened away) SVI misses by far more: the
+    tolerance above is the correction's doing, and the smoothing control reaches it."""
     q, fwd = ah_quotes(shared_data)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        f = fit_surface(q, fwd, method="svi")
-    err = f.residuals["resid_bp"].abs()
-    print(f"\nAndreasen-Huge, SVI: max {err.max():.2f} bp, mean {err.mean():.2f} bp")
-    assert err.mean() <= 5.0 and err.max() <= 60.0
-    assert f.arbitrage["butterfly"] == 0 and f.arbitrage["calendar"] == 0
+        f = fit_surface(q, fwd, method="svi", smoothing=0.9)
+    assert f.residuals["resid_bp"].abs().max() > 30.0
 
 
 def test_no_convex_slice_fits_the_andreasen_huge_short_expiry_within_15bp(shared_data):

@@ -7,7 +7,8 @@ import pytest
 from core.errors import InputError
 from core.surface.base import butterfly_g
 from core.surface.ssvi import power_law_phi, ssvi_slice
-from core.surface.svi import U_MAX, SVISlice, fit_svi_slice, quasi_explicit_start
+from core.surface.svi import (U_MAX, CorrectedSliceSurface, SVISlice, SVISplineSlice, correction_lambda, fit_svi_slice,
+                              quasi_explicit_start)
 
 # Gatheral & Jacquier (2014), Example 3.1: a raw SVI slice (T = 1) with butterfly arbitrage
 GJ_ARB = dict(a=-0.0410, b=0.1331, rho=0.3060, m=0.3586, sigma=0.4153)
@@ -101,7 +102,8 @@ def test_lee_bound_on_the_wings():
     y = np.linspace(-2.0, 2.0, 41)
     iv = np.sqrt((0.02 + 1.9 * np.abs(y)) / T)     # wings steeper than any SVI with b(1+|rho|) <= 2 U_MAX
     sl, _ = fit_svi_slice(y, iv, np.ones_like(y), T, y_grid=np.linspace(-2.2, 2.2, 121))
-    assert sl.b * (1 + abs(sl.rho)) <= 2 * U_MAX + 1e-12
+    base = getattr(sl, "base", sl)          # a corrected slice's wings are its backbone's
+    assert base.b * (1 + abs(base.rho)) <= 2 * U_MAX + 1e-12
 
 
 def test_quasi_explicit_start_is_close():
@@ -112,3 +114,76 @@ def test_quasi_explicit_start_is_close():
     assert start is not None
     assert np.max(np.abs(start.w(y) - w)) < 0.05 * w.max()
     assert butterfly_g(y, *start.derivs(y)).shape == y.shape
+
+
+def _concave_quotes(T=0.05):
+    """SVI vols with a concave bump in total variance near y = 0.08 (like the 9-day Andreasen-Huge slice)."""
+    true = SVISlice(**SMOOTH)
+    y = np.linspace(-0.3, 0.2, 26)
+    w = true.w(y) * 0.05 / 0.5 + 0.0008 * np.exp(-(((y - 0.08) / 0.04) ** 2))
+    return y, np.sqrt(w / T), T
+
+
+def test_correction_follows_quotes_svi_cannot():
+    y, iv, T = _concave_quotes()
+    grid = np.linspace(-0.4, 0.3, 121)
+    plain, _ = fit_svi_slice(y, iv, np.ones_like(y), T, y_grid=grid, correction=False)
+    sl, info = fit_svi_slice(y, iv, np.ones_like(y), T, y_grid=grid)
+    err_plain = np.max(np.abs(np.sqrt(plain.w(y) / T) - iv)) * 1e4
+    err = np.max(np.abs(np.sqrt(sl.w(y) / T) - iv)) * 1e4
+    assert isinstance(sl, SVISplineSlice) and info.corrected
+    assert err_plain > 15.0 and err < 0.5 * err_plain
+    assert sl.g(np.linspace(-0.4, 0.3, 4001)).min() >= 0.0
+    # beyond the support the slice is its SVI backbone exactly (Lee-bounded wings)
+    far = np.array([-3.0, -1.5, 1.5, 3.0])
+    assert np.array_equal(sl.w(far), sl.base.w(far))
+    assert np.all(np.array(sl.correction(far)) == 0.0)
+
+
+def test_corrected_slice_derivatives_match_finite_differences():
+    y, iv, T = _concave_quotes()
+    sl, _ = fit_svi_slice(y, iv, np.ones_like(y), T, y_grid=np.linspace(-0.4, 0.3, 121))
+    yy = np.linspace(-0.5, 0.4, 19)
+    h = 1e-5
+    w, w1, w2 = sl.derivs(yy)
+    assert np.allclose(w1, (sl.w(yy + h) - sl.w(yy - h)) / (2 * h), atol=1e-7)
+    assert np.allclose(w2, (sl.derivs(yy + h)[1] - sl.derivs(yy - h)[1]) / (2 * h), atol=1e-5)
+
+
+def test_smoothing_stiffens_the_correction():
+    y, iv, T = _concave_quotes()
+    grid = np.linspace(-0.4, 0.3, 121)
+    errs = []
+    for s in (0.0, 0.6):
+        sl, _ = fit_svi_slice(y, iv, np.ones_like(y), T, y_grid=grid, smoothing=s)
+        errs.append(np.max(np.abs(np.sqrt(sl.w(y) / T) - iv)))
+    assert correction_lambda(0.6) > 1e4 * correction_lambda(0.0)
+    assert errs[1] > errs[0]
+
+
+def test_corrected_surface_derivatives_and_interpolation():
+    from core.surface.interp import SliceSurface
+
+    y, iv, T1 = _concave_quotes()
+    s1, _ = fit_svi_slice(y, iv, np.ones_like(y), T1, y_grid=np.linspace(-0.4, 0.3, 121))
+    s2 = SVISlice(a=0.004, b=0.1, rho=-0.5, m=0.05, sigma=0.15)
+    Tn = (T1, 0.25)
+    back = SliceSurface(T_nodes=Tn, slices=(s1.base, s2), y_lo=(-0.3, -0.3), y_hi=(0.2, 0.2))
+    surf = CorrectedSliceSurface(back, Tn, (s1, None))
+    yy = np.linspace(-0.35, 0.25, 13)
+    # at the expiries: the slices themselves
+    assert np.allclose(surf.w(yy, T1), s1.w(yy), atol=1e-14)
+    assert np.allclose(surf.w(yy, 0.25), s2.w(yy), atol=1e-14)
+    # analytic derivatives against central differences, before, between and after the expiries
+    for T in (0.02, 0.1, 0.2, 0.4):
+        d = surf.derivatives(yy, np.full_like(yy, T))
+        h, k = 1e-5, 1e-6
+        assert np.allclose(d.w_y, (surf.w(yy + h, T) - surf.w(yy - h, T)) / (2 * h), atol=1e-7)
+        assert np.allclose(d.w_yy, (surf.derivatives(yy + h, np.full_like(yy, T)).w_y
+                                    - surf.derivatives(yy - h, np.full_like(yy, T)).w_y) / (2 * h), atol=1e-5)
+        assert np.allclose(d.w_T, (surf.w(yy, T + k) - surf.w(yy, T - k)) / (2 * k), atol=1e-6)
+    # dC/dT vanishes at the expiries, so w_T is continuous there (local vol without jumps)
+    lo = surf.derivatives(yy, np.full_like(yy, T1 - 1e-9)).w_T
+    hi = surf.derivatives(yy, np.full_like(yy, T1 + 1e-9)).w_T
+    assert np.allclose(lo, hi, atol=1e-5)
+    assert np.allclose(surf.w(yy, 1e-9), 0.0, atol=1e-9)

@@ -97,7 +97,7 @@ def upload(digest: str, _content: bytes, name: str) -> QuoteChain:
                           "Export only the expiries you need.")
     if not _content.strip():
         raise FormatError("the file is empty")
-    chain = load_file(io.BytesIO(_content), name=name)
+    chain = load_file(io.BytesIO(_content), name=name, max_rows=MAX_UPLOAD_ROWS)
     n = len(chain.quotes)
     if n == 0:
         raise FormatError("the file was read but holds no option quotes")

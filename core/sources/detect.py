@@ -41,17 +41,29 @@ def detect_format(text: str, *, columns: Mapping[str, str] | None = None) -> str
     return None
 
 
+#: a full SPX chain is about 20,000 rows; a file with many more lines is not an option chain
+MAX_ROWS = 200_000
+
+
 def load_file(src: Any, *, spot: float | None = None, asof: Any = None, name: str | None = None,
-              columns: Mapping[str, str] | None = None, fmt: str | None = None) -> QuoteChain:
+              columns: Mapping[str, str] | None = None, fmt: str | None = None,
+              max_rows: int | None = MAX_ROWS) -> QuoteChain:
     """Load a quote file of any accepted format (detected from its content) into a ``QuoteChain``.
 
     Parameters: ``src`` path, bytes (an upload) or file-like; ``spot`` and ``asof`` (naive = New
     York) override or supply what the file lacks; ``name`` the file's name, used only in messages and
     kept in ``meta["file_name"]`` (never as a path); ``columns`` a column mapping for tidy tables;
-    ``fmt`` forces a format key. Raises ``FormatError`` naming the accepted formats when nothing fits.
+    ``fmt`` forces a format key; ``max_rows``: refuse, before parsing, a file with more lines than this
+    (None: no limit). Raises ``FormatError`` naming the accepted formats when nothing fits.
     """
     label = f"file {name!r}" if name else "file"
-    text = decode(read_bytes(src, what=label), what=label)
+    raw = read_bytes(src, what=label)
+    if max_rows is not None:
+        lines = raw.count(b"\n") + raw.count(b"\r") - raw.count(b"\r\n")
+        if lines > max_rows + 10:  # header lines
+            raise FormatError(f"the {label} has {lines:,} lines; an option chain has at most {max_rows:,} "
+                              "quotes. Export only the expiries you need.")
+    text = decode(raw, what=label)
     key = fmt or detect_format(text, columns=columns)
     if key is None:
         first = text.lstrip().splitlines()[0][:80] if text.strip() else ""

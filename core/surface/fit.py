@@ -1,7 +1,9 @@
 """Fit an arbitrage-free implied-vol surface to quotes: ``fit_surface`` and its result ``SurfaceFit``.
 
 Methods (one module each): ``"ssvi"`` whole-surface power-law SSVI (``core.surface.ssvi_fit``),
-``"svi"`` raw SVI per expiry with butterfly/calendar penalties (``core.surface.svi``), ``"smooth"``
+``"svi"`` raw SVI per expiry with butterfly/calendar penalties plus, where SVI's convex shape cannot follow
+the quotes, a compactly supported spline correction (``core.surface.svi``: ``SVISplineSlice``,
+``CorrectedSliceSurface``), ``"smooth"``
 penalised cubic spline in total variance per expiry (``core.surface.smooth``). SVI and smooth slices
 are joined in ``T`` by ``core.surface.interp`` (monotone C1 in total variance at fixed ``y``).
 
@@ -14,7 +16,9 @@ tight quotes cannot dominate; a missing bid vol (zero bid) counts as 0. ``"vega"
 Smoothing ``s`` in [0, 1] (0 = follow the quotes as closely as arbitrage allows, 1 = strongly
 regularised): SSVI pulls the ATM term structure towards a parametric ``theta(T)`` (weight ``s/(1-s)``;
 at 1 the parametric curve itself); SVI pulls each slice towards the SSVI pre-fit slice (weight
-``s/(1-s)``; at 1 the SSVI slices); smooth sets the spline's curvature penalty ``10^(-5 + 6 s)``
+``s/(1-s)``; at 1 the SSVI slices) and sets the curvature penalty of the spline correction to
+``10^(-3 + 8 s)`` (``core.surface.svi.correction_lambda``: 0 follows the quotes as closely as the
+butterfly/calendar conditions allow; 100 times stiffer per 0.25 of s); smooth sets the spline's curvature penalty ``10^(-5 + 6 s)``
 relative to the data term.
 """
 from __future__ import annotations

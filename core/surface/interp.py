@@ -14,7 +14,15 @@ Scheme (``TInterp``; at fixed log-moneyness ``y``, for every ``y`` separately), 
   each Hermite segment between non-decreasing nodes then lies in the Fritsch-Carlson monotone region, so
   ``dw/dT >= 0`` wherever ``w_{k+1}(y) >= w_k(y)``: no calendar arbitrage is created. Smooth data are
   almost never touched (the spline slope already lies in the box). Where the slices themselves cross
-  (calendar arbitrage in the input), the spline slope is kept: nothing can make that monotone.
+  (calendar arbitrage in the input) nothing can be monotone; the interpolant is then kept piecewise
+  monotone like the data (slope in ``[3 max(secants), 0]`` between two decreasing secants, 0 at a turn),
+  so it never overshoots the node values and ``dw/dT`` is negative only on intervals where the data are.
+* Butterfly safeguard (``butterfly_safeguard``, applied by ``SliceSurface`` when it knows the quoted
+  ``y``-ranges): the spline slopes are global combinations of all slices, so with noisy or clustered
+  expiries their ``y``-profile can make ``g < 0`` between two butterfly-free slices. Where a check grid
+  finds that, the slopes at the nodes of that interval are blended towards safe slopes (Fritsch-Butland
+  harmonic means of the secants; flat implied vol at the first node): ``m = safe + lam (spline - safe)``,
+  ``lam`` halved per round down to 0. Smooth data keep ``lam = 1`` (``SliceSurface.slope_blend``).
 * Before the first expiry: the cubic Hermite in ``T`` from ``w(0) = 0`` with slope ``w_1 / T_1`` at ``T = 0``
   to ``w_1`` with slope ``d_1 = dw/dT(T_1)`` (C1 at ``T_1``): ``w = w_1 (t + t^2 - t^3) + T_1 d_1 (t^3 - t^2)``,
   ``t = T / T_1``. Near ``T = 0`` it is the first slice scaled, ``w ~ w_1(y) T / T_1`` (implied vol at
@@ -34,9 +42,11 @@ the active branch of the filter): every derivative is analytic. Extrapolation in
 (SVI is asymptotically linear; the smooth slices extend linearly); see ``core.surface.svi`` and
 ``core.surface.smooth``.
 
-Speed: the slices are evaluated once per call (raw-SVI slices in one vectorised expression); the slopes
-are one small matrix product; everything after that (filter, Hermite basis) works on the two nodes around
-each point only.
+Speed: the slices are evaluated once per call (raw-SVI slices in one vectorised expression); points are
+grouped by interval (sorted by ``T``), and per interval the two node slopes are small matrix-vector
+products on contiguous column blocks and the filter, blend and Hermite basis work on that group only.
+Measured: 10 calls of 77k points (the PDE round trip on the demo chain) 0.28 s, of which 0.11 s is the
+SVI evaluation (the former scheme: 2.7 s).
 """
 from __future__ import annotations
 
@@ -135,9 +145,11 @@ class TInterp:
     """The ``T``-interpolation of the module docstring for fixed expiries ``T_nodes`` (n,), increasing, > 0.
 
     ``monotone``: apply the monotonicity filter (total variance); ``clamped_end``: zero slope at the last
-    node and constant beyond (used for corrections that must not drift, e.g. ``ThetaBackbone``), no filter.
-    Call with node values ``W, W_y, W_yy`` (n, N) (or (n, 1), broadcast) and ``T`` (N,): returns
-    ``(w, w_y, w_yy, w_T)``, each (N,). Precomputes ``s = sqrt(T_nodes)`` and the slope matrix once.
+    node and constant beyond (used for corrections that must not drift, e.g. ``ThetaBackbone``), no filter;
+    ``lam`` (n,) in [0, 1]: per-node weight of the spline slope against the safe slope (None = 1 everywhere;
+    see ``butterfly_safeguard``). Call with node values ``W, W_y, W_yy`` (n, N) (or (n, 1), broadcast) and
+    ``T`` (N,) years: returns ``(w, w_y, w_yy, w_T)``, each (N,). Precomputes ``s = sqrt(T_nodes)`` and the
+    slope matrix once.
     """
 
     def __init__(self, T_nodes, *, monotone: bool = True, clamped_end: bool = False, lam=None):
@@ -150,8 +162,9 @@ class TInterp:
         self.ds = np.diff(self.s)
         self.monotone = monotone and not clamped_end
         self.clamped_end = clamped_end
-        # an owned C-ordered copy: row products on the spline's own view were 50x slower
+        # an owned C-ordered copy of the spline's matrix (its rows are used per interval)
         self.M = np.array(_slope_matrix(self.s, clamped_end), dtype=float, order="C", copy=True)
+        self._last = None
         self.lam = None if lam is None else np.clip(np.asarray(lam, dtype=float).ravel(), 0.0, 1.0)
         if self.lam is not None and self.lam.shape != (self.n,):
             raise InputError(f"lam must have one value per node ({self.n}), got shape {self.lam.shape}")
@@ -202,9 +215,13 @@ class TInterp:
     @staticmethod
     def _safe(first, left, right, hl, hr):
         """Safe slopes: Fritsch-Butland weighted harmonic mean of the neighbouring secants (0 when they differ
-        in sign); at the first node the left secant is the flat-implied-vol slope ``2 w_1 / s_1``, at the last
-        node the slope is the last secant. Returns the slope and its ``y``-derivatives (chain rule)."""
-        sa = [2.0 * x for x in left] if first else left
+        in sign); at the first node the flat-implied-vol slope ``2 w_1 / s_1``, at the last node the last
+        secant. Returns the slope and its ``y``-derivatives (chain rule)."""
+        if first:
+            # flat implied vol at fixed y: with it the pre-T_1 segment is the first slice scaled by T / T_1,
+            # butterfly-free whenever that slice is (g is concave in the scale, >= 0 at 0 and at 1)
+            return [2.0 * x for x in left]
+        sa = left
         if right is None:
             return list(sa)
         neg = (sa[0] < 0) & (right[0] < 0)
@@ -300,12 +317,31 @@ class TInterp:
                 out[3][post] = slope[0]
 
     def curve(self, values, T):
-        """One curve through ``values`` (n,) at ``T`` (any shape): ``(v, dv/dT)`` of the scheme."""
+        """One curve through ``values`` (n,) at ``T`` (any shape): ``(v, dv/dT)`` of the scheme.
+
+        Evaluated once per distinct ``T`` (grids repeat each expiry across strikes), and the last call is
+        remembered (``theta`` and ``dtheta`` are asked for one after the other)."""
         T = np.asarray(T, dtype=float)
-        V = np.asarray(values, dtype=float).reshape(self.n, 1)
-        z = np.zeros_like(V)
-        v, _, _, dv = self(V, z, z, T.ravel())
-        return v.reshape(T.shape), dv.reshape(T.shape)
+        V = np.asarray(values, dtype=float).reshape(self.n)
+        key = (T.shape, hash(T.tobytes()), hash(V.tobytes()), None if self.lam is None else self.lam.tobytes())
+        last = self._last
+        if last is not None and last[0] == key:
+            return last[1][0].copy(), last[1][1].copy()
+        Tf = T.ravel()
+        inv = None
+        if Tf.size > 64:
+            uq, inv = np.unique(Tf, return_inverse=True)
+            if 2 * uq.size < Tf.size:
+                Tf = uq
+            else:
+                inv = None
+        z = np.zeros((self.n, 1))
+        v, _, _, dv = self(V.reshape(self.n, 1), z, z, Tf)
+        if inv is not None:
+            v, dv = v[inv], dv[inv]
+        res = (v.reshape(T.shape), dv.reshape(T.shape))
+        self._last = (key, res)
+        return res[0].copy(), res[1].copy()
 
 
 def monotone_hermite(T_nodes, V, V_y, V_yy, T):
@@ -323,7 +359,7 @@ class MonotoneThetaCurve:
     """ATM total variance ``theta(T)`` through fitted nodes by the monotone scheme of the module docstring.
 
     ``T_nodes`` (n,) increasing expiries (years), ``theta_nodes`` (n,) non-decreasing positive ATM total
-    variances. ``theta(0) = 0``; before ``T_1`` the quadratic through the origin (C1); after ``T_n``
+    variances. ``theta(0) = 0``; before ``T_1`` the cubic from the origin (C1); after ``T_n``
     constant forward variance (the end slope). ``dtheta`` is analytic.
     """
 
@@ -359,7 +395,7 @@ def quoted_y_range(T, T_nodes, lo_nodes, hi_nodes):
     return (np.interp(T, T_nodes, lo_nodes), np.interp(T, T_nodes, hi_nodes))
 
 
-def butterfly_safeguard(scheme: TInterp, node_values, y_lo, y_hi, *, n_y: int = 61, n_sub: int = 4,
+def butterfly_safeguard(scheme: TInterp, node_values, y_lo, y_hi, *, n_y: int = 201, n_sub: int = 6,
                         rounds: int = 3) -> np.ndarray:
     """Per-node blend weights ``lam`` (n,) in [0, 1] for ``scheme`` that keep ``g >= 0`` between the expiries.
 

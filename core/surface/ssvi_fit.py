@@ -11,7 +11,7 @@ curve must be smooth as well as monotone. A parametric term structure ``ThetaPar
 (``theta_par(T) = v_inf T + (v0 - v_inf)(1 - e^{-kappa T}) / kappa``) is fitted to the per-expiry thetas
 by relative least squares; the residuals ``theta_i - theta_par(T_i)`` are interpolated by the spline in
 ``sqrt(T)`` of ``core.surface.interp.TInterp`` (zero slope at the last expiry, constant beyond; before the
-first expiry the quadratic through the origin), and ``theta = theta_par + correction`` passes through
+first expiry the cubic from the origin of ``TInterp``), and ``theta = theta_par + correction`` passes through
 every fitted theta. Beyond the last expiry the forward ATM variance is the parametric one (``-> v_inf``).
 If the combined curve would decrease anywhere (``dtheta/dT < 0`` on a dense check grid: 64 points per
 interval), the monotone spline of ``core.surface.interp.MonotoneThetaCurve`` through the thetas is used
@@ -119,7 +119,7 @@ def fit_theta_parametric(T, theta) -> ThetaParametric:
 class ThetaBackbone:
     """ATM total variance ``theta(T) = theta_par(T) + c(T)`` (module docstring): ``par`` a ``ThetaParametric``,
     ``c`` the spline in ``sqrt(T)`` through the residuals ``theta_i - theta_par(T_i)`` at ``T_nodes`` (zero
-    slope at the last node, constant beyond; quadratic through the origin before the first).
+    slope at the last node, constant beyond; the cubic from the origin before the first).
     ``theta`` passes through ``theta_nodes``; ``dtheta`` is analytic. Use ``ThetaBackbone.build`` to get
     the monotone fallback when the combined curve would decrease."""
 

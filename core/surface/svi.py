@@ -22,12 +22,38 @@ between grid points is removed by lifting ``a``. Starts: the SSVI pre-fit slice 
 (Zeliade 2009: for fixed ``m, sigma`` the slice is linear in ``(a, rho b sigma, b sigma)``, solved on a
 small ``(m, sigma)`` grid); each gets a short run and the better one is solved to convergence.
 
-Limitation: ``w'' = b sigma^2 / R^3 > 0``, so an SVI slice is convex in ``y``; quotes whose total variance
-is locally concave (e.g. the 9-day slice of Andreasen & Huge's example data) cannot be matched closely.
+Spline correction (the ``"svi"`` method of ``fit_surface``). ``w'' = b sigma^2 / R^3 > 0``: a raw-SVI slice is
+convex in ``y``, and quotes whose total variance is locally concave (the 9-day slice of Andreasen & Huge's
+data at ``y = 0.078 .. 0.111``: no convex slice within 15 bp) cannot be matched. So each slice is the SVI
+backbone above plus ``c(y) = sum_j d_j B_j(y)`` (``SVISplineSlice``): cubic B-splines on uniform knots, one
+segment per quote over the quoted range (at most ``CORR_SEG_MAX``) and ``CORR_EXT`` more each side, whose
+support ends there, so beyond it the slice is SVI exactly (Lee-bounded linear wings). With the backbone
+fixed, ``d`` minimises (Levenberg-Marquardt, analytic Jacobian) the distance of the fitted vols from a
+target band around each mid (a dead zone: ``max(CORR_TOL, CORR_BAND x half the bid/ask vol spread)``, so
+the correction fixes what SVI leaves outside the band and nothing else) plus ``lam ||Delta^2 d||^2`` (in vol
+units), a small ridge, a curvature penalty beyond the quotes (``LAM_OUT``: the correction fades out
+smoothly) and penalties for ``g < G_MARGIN_CORR`` on a grid refined to ``G_PER_SEG`` points per knot
+segment, for falling below the previous expiry and for rising above the caps; slices with at most
+``SLSQP_MAX_QUOTES`` quotes are then solved with the same terms as explicit constraints (SLSQP, warm start).
+The correction is kept when it lowers the data term by ``CORR_MIN_GAIN`` and leaves ``g >= 0`` on a fine
+grid (where the backbone's own far wing already has ``g < 0`` it must not make it worse); else the plain
+SVI slice stays. Smoothing ``s``: ``lam = 10^(LAM_LOG0 + LAM_DECADES s)`` (``correction_lambda``): ``s = 0``
+follows the quotes as closely as the butterfly/calendar conditions allow, larger ``s`` flattens the
+correction towards pure SVI, and at ``s = 1`` the slice is the SSVI pre-fit slice itself (no correction).
+
+Across expiries (``CorrectedSliceSurface``): the backbones are joined by ``core.surface.interp.SliceSurface``
+and the corrections locally, ``C = (1 - u) c_k + u c_{k+1}``, ``u = 3 t^2 - 2 t^3``, so a correction that
+one expiry needs is not carried into other intervals (a spline in ``T`` overshoots, and ``g`` with it).
+``core.surface.fit`` checks the whole surface and halves (then removes) the corrections next to any
+remaining ``g < 0`` / ``w_T < 0``.
+
+Speed: the backbone is evaluated once per call for all point sets and memoised while the correction is
+solved; penalty rows far from activity (``MASK_G``, ``MASK_V``) are left out of the least-squares problems
+between penalty rounds (the QR costs ``m n^2``); SLSQP gets the near-active constraints only and adds any
+it then violates.
 """
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import asdict, dataclass
 
@@ -42,23 +68,26 @@ U_MAX = 0.995      # b (1 + |rho|) <= 2 U_MAX: strictly inside Lee's bound
 G_MARGIN = 1e-4    # butterfly penalty acts below this g
 RHO_MAX = 0.999
 SVI_TOL = 1e-7      # Levenberg-Marquardt xtol = ftol = gtol of the backbone
-SVI_MAX_NFEV = 200  # backbone solve, per penalty round
+SVI_MAX_NFEV = 60   # backbone solve, per penalty round (the correction takes what it leaves)
 # spline correction (see the module docstring)
-CORR_SEG_MAX = 24     # knot segments over the quoted range at most
-CORR_EXT = 3          # knot segments of the correction's support beyond the quotes, each side
+CORR_SEG_MAX = 16     # knot segments over the quoted range at most
+CORR_EXT = 6          # knot segments of the correction's support beyond the quotes, each side
 CORR_MIN_QUOTES = 5   # fewer quotes: SVI alone
 CORR_MAX_NFEV = 100   # per penalty round
 SLSQP_MAX_QUOTES = 16  # slices up to this size also get an SLSQP solve of the correction
-JOINT_NFEV = 0       # joint polish of backbone and correction (0: off)
+SLSQP_NEAR = 0.3      # constraints (g - margin; calendar in vol bp) below this at the start go to SLSQP
+MASKING = True        # penalty rows far from activity left out of the least-squares problems
+MASK_G = 0.3          # ... butterfly rows with g above the margin by more than this
+MASK_V = 0.01         # ... calendar rows with the vol above the previous slice's by more than this
 CORR_MIN_GAIN = 0.05  # kept when it lowers the data cost by at least this fraction
 CORR_TOL = 2e-4       # correction's dead zone around the mid at least (vol units: 2 bp)
 CORR_BAND = 0.5       # ... and this fraction of the bid/ask vol band
-G_MARGIN_CORR = 0.01  # butterfly margin of the corrected slice (g between grid points, T-interpolation)
+G_MARGIN_CORR = 0.02  # butterfly margin of the corrected slice (g between grid points, T-interpolation)
 CORR_OFF = 1.0        # smoothing at or above which the correction is off
 LAM_LOG0 = -3.0       # log10 of the curvature penalty at smoothing 0
 LAM_DECADES = 8.0     # decades the penalty grows from smoothing 0 to 1
+LAM_OUT = 0.1         # curvature penalty of the correction beyond the quotes
 RIDGE = 1e-2          # size penalty, relative to the curvature penalty
-MIX_T = ()  # blends with the previous slice kept butterfly-free (correction stage)
 G_PER_SEG = 4         # butterfly grid points per knot segment
 
 
@@ -329,12 +358,13 @@ class SVISplineSlice:
 
 class CorrectedSliceSurface(VolSurface):
     """SVI backbones joined in ``T`` by ``backbone`` (a ``core.surface.interp.SliceSurface``), plus the slices'
-    spline corrections joined piecewise linearly in ``T``: ``w(y, T) = W(y, T) + C(y, T)`` with
-    ``C = (1 - t) c_k(y) + t c_{k+1}(y)`` between expiries ``T_k, T_{k+1}`` (``t`` the fraction of the
-    interval), ``C = (T / T_1) c_1(y)`` before the first (``w(y, 0) = 0``) and ``C = c_n(y)`` after the last.
-    Why linear: the correction is a local feature of one expiry; a spline in ``T`` would carry it (and its
-    curvature in ``y``) into the neighbouring intervals with overshoot, and ``g`` between expiries with it.
-    ``dC/dT`` is piecewise constant (local vol may jump at an expiry, as in Andreasen & Huge 2011).
+    spline corrections joined locally in ``T``: ``w(y, T) = W(y, T) + C(y, T)`` with
+    ``C = (1 - u) c_k(y) + u c_{k+1}(y)``, ``u = 3 t^2 - 2 t^3`` (``t`` the fraction of the interval
+    ``[T_k, T_{k+1}]``), ``C = u c_1(y)`` with ``t = T / T_1`` before the first expiry (``w(y, 0) = 0``) and
+    ``C = c_n(y)`` after the last. Why local: the correction is a feature of one expiry; a spline in ``T``
+    (the backbone's scheme) would carry it, and its curvature in ``y``, into the neighbouring intervals with
+    overshoot, and ``g`` between expiries with it. The smoothstep keeps ``C`` between its node values and
+    makes ``dC/dT`` continuous (zero at the expiries), so local vol has no jumps in ``T``.
     ``corrections``: per expiry an ``SVISplineSlice`` (its correction is used) or ``None``."""
 
     def __init__(self, backbone, T_nodes, corrections):
@@ -361,15 +391,17 @@ class CorrectedSliceSurface(VolSurface):
         h = np.where(k >= 0, Tn[hi] - Tn[lo], Tn[0])
         h = np.where(h > 0, h, 1.0)
         t = np.where(k < 0, Tf / Tn[0], np.where(k >= n - 1, 1.0, (Tf - Tn[lo]) / h))
-        base = np.where(k < 0, 0.0, 1.0)
+        # smoothstep weight: values stay between the two nodes' (no overshoot), dC/dT = 0 at the nodes (C1)
+        u = t * t * (3.0 - 2.0 * t)
+        u_t = 6.0 * t * (1.0 - t) / h
         out = []
         for i in range(3):
             c_lo = np.where(k < 0, 0.0, C[i, lo, cols])
             c_hi = np.where(k < 0, C[i, 0, cols], np.where(k >= n - 1, C[i, lo, cols], C[i, hi, cols]))
-            out.append((1.0 - t) * c_lo * base + t * c_hi)
+            out.append((1.0 - u) * c_lo + u * c_hi)
         c_lo0 = np.where(k < 0, 0.0, C[0, lo, cols])
         c_hi0 = np.where(k < 0, C[0, 0, cols], C[0, hi, cols])
-        c_T = np.where(k >= n - 1, 0.0, (c_hi0 - c_lo0) / h)
+        c_T = np.where(k >= n - 1, 0.0, (c_hi0 - c_lo0) * u_t)
         sh = y.shape
         return Derivatives(w=d.w + out[0].reshape(sh), w_y=d.w_y + out[1].reshape(sh),
                            w_yy=d.w_yy + out[2].reshape(sh), w_T=d.w_T + c_T.reshape(sh))
@@ -395,7 +427,11 @@ class _Problem:
                  k_prior=0.0, knots=None, lam=0.0, band=None, cal_range=None, g_margin=G_MARGIN):
         self.band = band
         self.g_margin = g_margin
+        self.g_floor = 0.0      # violations count g below this (per point where a backbone already violates)
         self._memo = {}
+        self._all = None
+        self.gmask = self.cmask = np.ones(len(yg), bool)
+        self.gmask_keep = self.cmask_keep = np.zeros(len(yg), bool)
         self.y, self.iv, self.T, self.yg = y, iv, T, yg
         self.sq = np.sqrt(wt)
         self.sc = np.sqrt(len(y) / len(yg)) * float(np.sqrt(np.mean(wt ** 2)))
@@ -405,7 +441,6 @@ class _Problem:
         if self.w_lower is not None and cal_range is not None:
             # no calendar condition outside the caller's grid (the previous slice's extrapolated wing)
             self.w_lower = np.where((yg >= cal_range[0]) & (yg <= cal_range[1]), self.w_lower, 1e-12)
-        self.prev_d = prev.derivs(yg) if (prev is not None and knots is not None) else None
         if nxt is not None:
             pts["u"] = np.asarray(nxt_grid, float)
             self.w_upper = np.maximum(nxt.derivs(pts["u"])[0], 0.0)
@@ -424,6 +459,13 @@ class _Problem:
             nb = self.nb
             self.P = np.sqrt(lam) * vs * np.sqrt(len(y) / max(nb - 2, 1)) * np.diff(np.eye(nb), n=2, axis=0)
             self.R = np.sqrt(RIDGE * lam) * vs * np.sqrt(len(y) / nb) * np.eye(nb)
+            # beyond the quotes nothing holds the correction but the butterfly condition: a curvature
+            # penalty there (in units of one knot spacing) lets it fade to zero smoothly
+            h = float(knots[1] - knots[0])
+            y_out = yg[(yg < y.min()) | (yg > y.max())]
+            if len(y_out) and LAM_OUT > 0:
+                B2o = _corr_basis(knots, y_out)[2]
+                self.R = np.vstack([self.R, np.sqrt(LAM_OUT) * vs * np.sqrt(len(y) / len(y_out)) * h * h * B2o])
         self.k_prior = k_prior
         self.v_prior = np.sqrt(np.maximum(prior.w(yg), 0.0) / T) if (prior is not None and k_prior > 0) else None
         self.npar = 5 + self.nb
@@ -431,13 +473,22 @@ class _Problem:
     def _model(self, p, key, want_jac):
         # the backbone is fixed while the correction is solved: memoise its values per point set
         x = np.asarray(p[:5], float)
-        ck = (key, want_jac)
-        hit = self._memo.get(ck)
-        if hit is not None and np.array_equal(hit[0], x):
-            (w, w1, w2), J = hit[1]
-        else:
-            (w, w1, w2), J = _svi_jac(x, self.pts[key], want_jac)
-            self._memo[ck] = (x.copy(), ((w, w1, w2), J))
+        # and evaluate the backbone at every point set at once (one call instead of one per set)
+        hit = self._memo.get(want_jac)
+        if hit is None or not np.array_equal(hit[0], x):
+            if self._all is None:
+                keys = list(self.pts)
+                self._all = (np.concatenate([self.pts[k] for k in keys]), None, keys)
+            yall, _, keys = self._all
+            vals, Js = _svi_jac(x, yall, want_jac)
+            out, i0 = {}, 0
+            for k in keys:
+                i1 = i0 + len(self.pts[k])
+                out[k] = (tuple(v[i0:i1] for v in vals), tuple(Jk[i0:i1] for Jk in Js) if want_jac else None)
+                i0 = i1
+            hit = (x.copy(), out)
+            self._memo[want_jac] = hit
+        (w, w1, w2), J = hit[1][key]
         if self.nb:
             d = p[5:]
             B0, B1, B2 = self.B[key]
@@ -470,17 +521,18 @@ class _Problem:
         (wg, wg1, wg2), Jg = self._model(p, "g", want_jac)
         wp = np.maximum(wg, 1e-12)
         g = butterfly_g(self.yg, wp, wg1, wg2)
+        gm, cm = self.gmask, self.cmask   # rows that can be active (``set_masks``): the others are zero
         act = (self.g_margin - g) > 0
-        rows.append(kg * sc * np.maximum(0.0, self.g_margin - g))
+        rows.append(kg * sc * np.maximum(0.0, self.g_margin - g)[gm])
         if want_jac:
             g_w, g_w1 = _g_partials(self.yg, wp, wg1)
-            jrows.append(-(kg * sc) * act[:, None] * (g_w[:, None] * Jg[0] + g_w1[:, None] * Jg[1] + 0.5 * Jg[2]))
+            jrows.append((-(kg * sc) * act[:, None] * (g_w[:, None] * Jg[0] + g_w1[:, None] * Jg[1] + 0.5 * Jg[2]))[gm])
         vg, dvg = vol(wg, Jg[0] if want_jac else None)
         if self.w_lower is not None:
             r = np.sqrt(self.w_lower / T) + 1e-5 - vg
-            rows.append(kc * sc * np.maximum(0.0, r))
+            rows.append(kc * sc * np.maximum(0.0, r)[cm])
             if want_jac:
-                jrows.append(-(kc * sc) * (r > 0)[:, None] * dvg)
+                jrows.append((-(kc * sc) * (r > 0)[:, None] * dvg)[cm])
         if "u" in self.pts:
             (wu, _, _), Ju = self._model(p, "u", want_jac)
             vu, dvu = vol(wu, Ju[0] if want_jac else None)
@@ -505,10 +557,28 @@ class _Problem:
             rows += [self.P @ d, self.R @ d]
             if want_jac:
                 Z = np.zeros((self.nb - 2, 5))
-                jrows += [np.hstack([Z, self.P]), np.hstack([np.zeros((self.nb, 5)), self.R])]
+                jrows += [np.hstack([Z, self.P]), np.hstack([np.zeros((self.R.shape[0], 5)), self.R])]
         if want_jac:
             return np.vstack(jrows)
         return np.concatenate(rows)
+
+    def set_masks(self, p, g_near: float = MASK_G, v_near: float = MASK_V):
+        """Keep only the butterfly / calendar penalty rows that are active or close to it at ``p`` (``g`` below
+        ``g_margin + g_near``; within ``v_near`` in vol of the previous slice): the Levenberg-Marquardt QR
+        costs ``m n^2``, and most grid rows are zero. ``violations`` still checks every point; the solvers
+        refresh the masks between rounds."""
+        if not MASKING:
+            self.gmask = np.ones(len(self.yg), bool)
+            self.cmask = self.gmask
+            return
+        wg, wg1, wg2 = self._model(p, "g", False)[0]
+        wp = np.maximum(wg, 1e-12)
+        g = butterfly_g(self.yg, wp, wg1, wg2)
+        self.gmask = ~(g >= self.g_margin + g_near) | self.gmask_keep
+        if self.w_lower is not None:
+            gap = np.sqrt(self.w_lower / self.T) - np.sqrt(wp / self.T)
+            self.cmask = ~(gap <= -v_near) | self.cmask_keep
+        self.gmask_keep, self.cmask_keep = self.gmask.copy(), self.cmask.copy()
 
     def resid(self, p, kg, kc):
         return self._parts(p, kg, kc, False)
@@ -519,7 +589,7 @@ class _Problem:
     def violations(self, p):
         """``(min g, largest calendar shortfall in w)`` on the grid."""
         wg, wg1, wg2 = self._model(p, "g", False)[0]
-        g_min = float(np.min(butterfly_g(self.yg, np.maximum(wg, 1e-12), wg1, wg2)))
+        g_min = float(np.min(butterfly_g(self.yg, np.maximum(wg, 1e-12), wg1, wg2) - self.g_floor))
         gap = -np.inf
         if self.w_lower is not None:
             gap = float(np.max(self.w_lower - wg))
@@ -532,6 +602,7 @@ class _Problem:
         kg, kc = 10.0, 10.0
         p, nfev, ok, msg = np.clip(p0, lb, ub), 0, True, ""
         for _ in range(max_rounds):
+            self.set_masks(p)
             p, nf, ok, msg = box_least_squares(self.resid, p, lb, ub, jac=self.jac, args=(kg, kc),
                                                max_nfev=max_nfev, tol=SVI_TOL)
             nfev += nf
@@ -547,6 +618,7 @@ class _Problem:
         kg, kc = 10.0, 10.0
         d, nfev, ok, msg = np.asarray(p0[5:], float), 0, True, ""
         for _ in range(max_rounds):
+            self.set_masks(np.r_[x, d])
             sol = least_squares(lambda d, *a: self.resid(np.r_[x, d], *a), d,
                                 jac=lambda d, *a: self.jac(np.r_[x, d], *a)[:, 5:], args=(kg, kc),
                                 method="lm", x_scale="jac", xtol=1e-8, ftol=1e-8, gtol=1e-8, max_nfev=max_nfev)
@@ -568,17 +640,6 @@ class _Problem:
         if want_jac:
             g_w, g_w1 = _g_partials(self.yg, wp, wg1)
             js.append(g_w[:, None] * Jg[0] + g_w1[:, None] * Jg[1] + 0.5 * Jg[2])
-        if self.prev_d is not None:
-            # the surface between the previous expiry and this one mixes the two slices: keep the blends
-            # (1 - t) w_prev + t w butterfly-free too (a proxy for the T-interpolation)
-            b0, b1, b2 = self.prev_d
-            for t in MIX_T:
-                m0 = np.maximum((1 - t) * b0 + t * wg, 1e-12)
-                m1 = (1 - t) * b1 + t * wg1
-                cs.append(butterfly_g(self.yg, m0, m1, (1 - t) * b2 + t * wg2) - self.g_margin)
-                if want_jac:
-                    m_w, m_w1 = _g_partials(self.yg, m0, m1)
-                    js.append(t * (m_w[:, None] * Jg[0] + m_w1[:, None] * Jg[1] + 0.5 * Jg[2]))
         vg = np.sqrt(wp / T)
         if self.w_lower is not None:
             cs.append(vg - np.sqrt(self.w_lower / T) - 1e-6)
@@ -603,20 +664,34 @@ class _Problem:
         # (correction coefficients) so that both are O(1)
         ds = 2.0 * float(np.mean(self.iv)) * self.T * 1e-4
         full = lambda u: np.r_[x, ds * u]  # noqa: E731
-        nc = len(self.constraints(p0, False)[0])
-        cscale = np.ones(nc)
-        cscale[len(self.yg) * (1 + len(MIX_T)):] = 1e4   # calendar and caps are in vols
+        c0 = self.constraints(p0, False)[0]
+        scale = np.ones(len(c0))
+        scale[len(self.yg):] = 1e4   # calendar and caps are in vols
+        # SLSQP's cost grows with the number of constraints: pass those near activity at the warm start; a
+        # constraint the result violates is added and the solve repeated from there
+        near = np.flatnonzero(scale * c0 < SLSQP_NEAR)
+        if len(near) == 0:
+            near = np.array([int(np.argmin(scale * c0))])
 
         def f(u):
             r = self.resid(full(u), 0.0, 0.0) * 1e4
             J = self.jac(full(u), 0.0, 0.0)[:, 5:] * (1e4 * ds)
             return 0.5 * float(r @ r), J.T @ r
 
-        con = {"type": "ineq", "fun": lambda u: cscale * self.constraints(full(u), False)[0],
-               "jac": lambda u: cscale[:, None] * self.constraints(full(u), True)[1][:, 5:] * ds}
-        sol = minimize(f, np.asarray(p0[5:], float) / ds, jac=True, method="SLSQP", constraints=[con],
-                       options={"maxiter": max_iter, "ftol": 1e-6})
-        return full(sol.x), int(sol.nit), bool(sol.success), str(sol.message)
+        u, nit = np.asarray(p0[5:], float) / ds, 0
+        for _ in range(3):
+            idx = near
+            con = {"type": "ineq", "fun": lambda u: scale[idx] * self.constraints(full(u), False)[0][idx],
+                   "jac": lambda u: scale[idx, None] * self.constraints(full(u), True)[1][idx, 5:] * ds}
+            sol = minimize(f, u, jac=True, method="SLSQP", constraints=[con],
+                           options={"maxiter": max_iter, "ftol": 1e-6})
+            u, nit = sol.x, nit + int(sol.nit)
+            c_all = scale * self.constraints(full(u), False)[0]
+            missing = np.setdiff1d(np.flatnonzero(c_all < 0.0), near)
+            if len(missing) == 0:
+                break
+            near = np.union1d(near, np.union1d(missing, np.flatnonzero(c_all < SLSQP_NEAR)))
+        return full(u), nit, bool(sol.success), str(sol.message)
 
     def cost(self, p) -> float:
         return float(np.sum(self.resid(p, 10.0, 10.0) ** 2))
@@ -710,7 +785,6 @@ def fit_svi_slice(y, iv, wt, T: float, *, y_grid, start: SVISlice | None = None,
             best = (c, name, X)
     _, best_name, X = best
     x0, nf, ok, msg = prob.solve(X, lb, ub, max_nfev=SVI_MAX_NFEV)
-    if os.environ.get("SVIDBG"): print("   backbone", T, nfev, nf, ok, msg[:40], x0, lb, ub)
     nfev += nf
     sl = _from_x(x0)
     corrected, corr_bp = False, 0.0
@@ -727,36 +801,38 @@ def fit_svi_slice(y, iv, wt, T: float, *, y_grid, start: SVISlice | None = None,
         pc = _Problem(y, iv, wt, T, ygc, knots=knots, lam=correction_lambda(s), band=(iv - half, iv + half),
                       cal_range=(yg[0], yg[-1]), g_margin=G_MARGIN_CORR, **kw)
         p0 = np.r_[x0, np.zeros(pc.nb)]
+        # outside the caller's grid the support reaches into SVI's own wings, where the backbone itself may
+        # have g < 0 (nothing checks there): the correction must not make it worse, and need not repair it
+        out = (ygc < yg[0]) | (ygc > yg[-1])
+        g_b = sl.g(ygc)
+        pc.g_floor = np.where(out, np.minimum(0.0, g_b), 0.0)
+        pc.g_margin = np.where(out, np.minimum(G_MARGIN_CORR, g_b), G_MARGIN_CORR)
         # the backbone stays fixed: the correction is a regularised fit of what SVI leaves (nearly
         # linear in d, so a few Levenberg-Marquardt steps), and SVI cannot trade level for correction
         p1, nf, ok1, msg1 = pc.solve_correction(p0, max_nfev=CORR_MAX_NFEV)
-        if os.environ.get("SVIDBG"): print("   corrLM", T, nf, ok1, msg1[:40], pc.violations(p1))
         nfev += nf
         if len(y) <= SLSQP_MAX_QUOTES:
             # small slices: the constrained optimum (SLSQP, warm start) instead of the penalty's compromise
             p2, nf, ok2, msg2 = pc.solve_correction_slsqp(p1)
-            if os.environ.get("SVIDBG"): print("   slsqp", T, ok2, msg2, pc.violations(p2), pc.data_cost(p1), pc.data_cost(p2))
             nfev += nf
             v2 = pc.violations(p2)
             if v2[0] >= 0 and v2[1] <= 1e-12 and pc.data_cost(p2) < pc.data_cost(p1):
                 p1, ok1, msg1 = p2, True, msg2
-        if JOINT_NFEV:
-            # then backbone and correction together, from there: lets the SVI wings follow what the
-            # correction does at the ends of the quoted range
-            lbc, ubc = np.r_[lb, np.full(pc.nb, -np.inf)], np.r_[ub, np.full(pc.nb, np.inf)]
-            p2, nf, ok2, msg2 = pc.solve(p1, lbc, ubc, max_rounds=2, max_nfev=JOINT_NFEV)
-            nfev += nf
-            v2 = pc.violations(p2)
-            if pc.data_cost(p2) < pc.data_cost(p1) and v2[0] >= 0 and v2[1] <= 0:
-                p1 = p2
         cand = SVISplineSlice(_from_x(p1[:5]), tuple(float(k) for k in knots), tuple(float(c) for c in p1[5:]))
         yf = np.linspace(min(ygc[0], knots[3]), max(ygc[-1], knots[-4]), 8 * len(ygc))
-        g_new, g_old = float(np.min(cand.g(yf))), float(np.min(sl.g(yf)))
+        out_f = (yf < yg[0]) | (yf > yg[-1])
+        floor_f = np.where(out_f, np.minimum(0.0, sl.g(yf)), 0.0)
+        g_new, g_old = float(np.min(cand.g(yf) - floor_f)), float(np.min(sl.g(yf) - floor_f))
         # kept when it removes a material part of what SVI leaves (otherwise the plain SVI slice is simpler)
-        better = pc.data_cost(p1) < (1.0 - CORR_MIN_GAIN) * pc.data_cost(p0)
-        if os.environ.get("SVIDBG"): print("   dbg", T, pc.data_cost(p0), pc.data_cost(p1), g_new, g_old, pc.violations(p1), msg1[:40])
+        cost0 = pc.data_cost(p0)
+        if cost0 == 0.0 and not ok:
+            # every quote already inside its target band: the budget stop costs nothing
+            ok, msg = True, f"backbone stopped at its budget with every quote inside its target band ({msg})"
+        better = pc.data_cost(p1) < (1.0 - CORR_MIN_GAIN) * cost0
         if better and (g_new >= 0 or g_new >= g_old):
-            sl, ok, msg, corrected = cand, ok1, msg1, True
+            # accepted only when free of the grid violations and closer to the quotes: a backbone stopped
+            # at its evaluation budget is then no trouble (the correction took the rest)
+            sl, ok, msg, corrected = cand, True, f"backbone: {msg}; correction: {msg1}", True
             corr_bp = float(np.max(np.abs(cand.correction(y)[0]) / (2.0 * iv * T))) * 1e4
     lifted, gap = 0.0, -np.inf
     if prev is not None:
