@@ -552,11 +552,15 @@ def implied_vol(p, F, K, T, cp, D, tab, gl, vol, code):
             j = i_t[k]
             kind[j] = 0
             ln_beta[j] = math.log(beta[j])
+            z = -x[j] / (_SQRT3 * sl[j])
+            ph[k] = z * z
+            py[k] = erfcx(z / _SQRT2, tab)
+        for k in range(n0):
+            j = i_t[k]
             ax = -x[j]
             slj = sl[j]
-            z = ax / (_SQRT3 * slj)
-            y = z * z
-            ex = erfcx(z / _SQRT2, tab)
+            y = ph[k]
+            ex = py[k]
             Phi = 0.5 * ex * math.exp(-0.5 * y)
             hh[j] = _TWO_PI_OVER_SQRT27 * ax * Phi * Phi * Phi                       # f_l
             tt[j] = 2.0 * math.pi * y * 0.25 * ex * ex * math.exp(0.125 * slj * slj)   # f'(b_l)

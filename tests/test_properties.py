@@ -639,10 +639,6 @@ def test_fit_surface(qf, method, smoothing):
         except FitError as exc:
             assert str(exc)
             return
-        except ValueError as exc:
-            if method == "ssvi" and "'lm'" in str(exc):
-                return   # known bug: test_fit_surface_ssvi_one_expiry_smoothing (xfail)
-            raise
     iv_in = q["iv_mid"].to_numpy(float)
     if method == "smooth" and ((iv_in > 5) | ((iv_in > 0) & (iv_in < 1e-3))).any():
         return   # known bug: test_fit_surface_smooth_outlier_vol (xfail): one absurd vol drags the slice to 0
@@ -658,19 +654,13 @@ def _slice_quotes(T, ys, ivs):
     return q, fwd
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (core/surface/ssvi_fit.py, fit_surface method='ssvi'): one expiry with 5 "
-                   "quotes and smoothing > 0 raises scipy's ValueError \"Method 'lm' doesn't work when the number of "
-                   "residuals is less than the number of variables\" instead of a fit or FitError")
 @pytest.mark.parametrize("smoothing", [0.3, 1.0])
 def test_fit_surface_ssvi_one_expiry_smoothing(smoothing):
     from core.surface.fit import fit_surface
 
     ys = [-0.6, -0.5, -0.48, 0.0, 0.78]
     q, fwd = _slice_quotes(1.0, ys, [0.2 + 0.02 * y * y for y in ys])
-    try:
-        fr = fit_surface(q, fwd, method="ssvi", smoothing=smoothing)
-    except FitError:
-        return
+    fr = fit_surface(q, fwd, method="ssvi", smoothing=smoothing)   # five quotes: a fit, not an error
     _check_fit(fr, q.assign(use=True))
 
 

@@ -99,6 +99,9 @@ def fit_theta_parametric(T, theta) -> ThetaParametric:
     ``kappa``, the best one kept)."""
     T, theta = np.asarray(T, float), np.asarray(theta, float)
     v_atm = theta / T
+    if T.size < 3:  # three parameters need three thetas: flat ATM vol through their mean
+        v = float(np.mean(v_atm))
+        return ThetaParametric(v, v, 1.0)
 
     def res(x):
         tp = ThetaParametric(*np.exp(x))
