@@ -119,9 +119,9 @@ def ndtri(p):
 
 
 @njit(**_INLINE)
-def _ndtri_cbrt(v):
-    """``ndtri(cbrt(v))``; in AS 241's tails ``sqrt(-ln p)`` is ``sqrt(-ln(v)/3)``: no cube root needed."""
-    lu = math.log(v) / 3.0
+def _ndtri_cbrt(v, lu):
+    """``ndtri(cbrt(v))`` given ``lu = ln(v)/3``: in AS 241's tails ``sqrt(-ln p)`` is ``sqrt(-lu)``, no
+    cube root needed."""
     if not lu < _LN_AS241_TAIL:
         return ndtri(np.cbrt(v))
     r = math.sqrt(-lu)
@@ -579,8 +579,10 @@ def implied_vol(p, F, K, T, cp, D, tab, gl, vol, code):
                 f = (f_l * u + bl * (1.0 - u)) * u
             he[j] = f / (_TWO_PI_OVER_SQRT27 * -x[j])
         for k in range(n0):
+            ph[k] = math.log(he[i_t[k]]) / 3.0
+        for k in range(n0):
             j = i_t[k]
-            s[j] = -x[j] / (_SQRT3 * -_ndtri_cbrt(he[j]))
+            s[j] = -x[j] / (_SQRT3 * -_ndtri_cbrt(he[j], ph[k]))
         for k in range(n3):
             j = i_l[k]
             kind[j] = 2 if beta[j] > 0.5 * bmax[j] else 3
