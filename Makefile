@@ -12,6 +12,8 @@ $(PY):
 
 $(VENV)/.runtime: requirements.txt | $(PY)
 	$(PY) -m pip install -q -r requirements.txt
+	@# compile the implied-vol kernels once (numba caches them), so the app's first page is fast
+	$(PY) -c "import core.black as b; print('implied-vol backend:', b.backend())"
 	touch $@
 
 $(VENV)/.dev: requirements-dev.txt $(VENV)/.runtime

@@ -17,7 +17,7 @@ _EXPORTS = {
     "Forwards": "core.forwards",
     # Black-76
     "black_price": "core.black", "black_vega": "core.black", "implied_vol": "core.black",
-    "quote_implied_vols": "core.black", "IV_REASONS": "core.black",
+    "quote_implied_vols": "core.black", "IV_REASONS": "core.black", "backend": "core.black",
     # surfaces
     "SSVISurface": "core.surface.ssvi", "ThetaParametric": "core.surface.ssvi",
     "fit_surface": "core.surface.fit", "SurfaceFit": "core.surface.fit", "VolSurface": "core.surface.base",

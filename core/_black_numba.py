@@ -547,7 +547,7 @@ def implied_vol(p, F, K, T, cp, D, tab, gl, vol, code):
             s[j] = _guess_mid(beta[j], low[j] == 1, sl[j], sc[j], su[j], b[j], bc[j], bmax[j] * _INV_SQRT2PI,
                               tt[j] * _INV_SQRT2PI)
         # lowest branch: f = 2pi/sqrt27 |x| N(-z)^3, z = |x|/(sqrt3 s), interpolated between (0, 0) and
-        # (b_l, f_l); in three loops (shorter dependency chains overlap better), scratch in hh, tt, q, he
+        # (b_l, f_l); in short loops (shorter dependency chains overlap better), scratch in ph, py, hh, tt, q, he
         for k in range(n0):
             j = i_t[k]
             kind[j] = 0

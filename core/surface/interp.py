@@ -451,19 +451,32 @@ def butterfly_safeguard(scheme: TInterp, node_values, y_lo, y_hi, *, n_y: int = 
     return lam
 
 
+def _is_raw_svi(sl) -> bool:
+    """True for a plain raw-SVI slice (``core.surface.svi.SVISlice`` itself, not a subclass or a wrapper such
+    as ``SVISplineSlice``), or an object declaring ``raw_svi = True``: only those may be evaluated from their
+    ``a, b, rho, m, sigma`` alone; every other slice goes through its own ``derivs``."""
+    from core.surface.svi import SVISlice   # here, not at import: svi.py may import this module
+
+    flag = getattr(type(sl), "raw_svi", None)
+    if flag is not None:
+        return bool(flag)
+    return type(sl) is SVISlice
+
+
 def _svi_params(slices) -> np.ndarray | None:
-    """Raw-SVI parameters (n, 5) when every slice is a raw-SVI slice (has ``a, b, rho, m, sigma``), else None."""
-    try:
-        return np.array([[float(getattr(sl, p)) for p in SVI_PARAMS] for sl in slices])
-    except (AttributeError, TypeError, ValueError):
+    """Raw-SVI parameters (n, 5) when every slice is a raw-SVI slice (``_is_raw_svi``), else None."""
+    if not slices or not all(_is_raw_svi(sl) for sl in slices):
         return None
+    return np.array([[float(getattr(sl, p)) for p in SVI_PARAMS] for sl in slices])
 
 
 @dataclass(frozen=True)
 class SliceSurface(VolSurface):
     """A surface from per-expiry slices (objects with ``derivs(y) -> (w, w_y, w_yy)``), interpolated in
     ``T`` by ``TInterp`` (module docstring). ``T_nodes`` (n,), ``y_lo``/``y_hi`` (n,) the quoted
-    ``y``-range per slice. Raw-SVI slices (attributes ``a, b, rho, m, sigma``) are evaluated together."""
+    ``y``-range per slice. When every slice is a plain raw-SVI slice (``_is_raw_svi``: ``SVISlice`` exactly, or a
+    class with ``raw_svi = True``) they are evaluated together in one expression; any other slice (the
+    spline-corrected ``SVISplineSlice``, the smooth ``SplineSlice``, subclasses) through its own ``derivs``."""
 
     T_nodes: tuple
     slices: tuple
