@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -372,7 +373,7 @@ def open_source(spec: str, *, spot: float | None = None, asof=None, expiries=Non
         from core.sources.demo import demo_chain
 
         text = spec.split(":", 1)[1] if ":" in spec else "7"
-        if not text.strip().isdigit():
+        if not re.fullmatch(r"[0-9]+", text.strip()):
             raise InputError(f"source {spec!r}: the demo seed must be a whole number >= 0, e.g. demo:7")
         seed = int(text)
         chain = demo_chain(seed=seed) if asof is None else demo_chain(seed=seed, asof=asof)

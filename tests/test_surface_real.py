@@ -45,7 +45,9 @@ def test_spx_svi_keeps_liquid_otm_quotes_inside_bid_ask(spx):
     liquid = used["bid"].to_numpy() >= 0.5
     assert liquid.sum() > 500
     assert r["inside"].to_numpy()[liquid].mean() >= 0.90     # issue 4
-    assert r["inside"].mean() >= 0.97                          # with the spline correction (plain SVI: 95%)
+    # with the spline correction (plain SVI: 95%); corrections that would leave calendar arbitrage between
+    # expiries are removed, which costs a little (measured 96.6%)
+    assert r["inside"].mean() >= 0.96
 
 
 @pytest.mark.slow

@@ -140,11 +140,13 @@ def _grid(lo: float, hi: float, n: int = 81, ext: float = 0.05) -> np.ndarray:
     return np.linspace(lo - ext, hi + ext, n)
 
 
-def check_arbitrage(surface: VolSurface, T_nodes, n_y: int = 121, n_sub: int = 4) -> dict:
-    """Count grid points with ``g < 0`` or ``w_T < 0`` inside the quoted range (expiries and ``n_sub - 1``
-    times between consecutive ones; ``n_y`` values of ``y`` across ``y_quoted(T)``)."""
+def check_arbitrage(surface: VolSurface, T_nodes, n_y: int = 121, n_sub: int = 8) -> dict:
+    """Count grid points with ``g < 0`` or ``w_T < 0`` inside the quoted range (expiries, ``n_sub - 1``
+    times between consecutive ones and two more close to each end, where blended corrections turn
+    fastest; ``n_y`` values of ``y`` across ``y_quoted(T)``)."""
     Tn = np.asarray(T_nodes, float)
-    Ts = [Tn[0] * np.array([0.25, 0.5, 0.75])] + [np.linspace(a, b, n_sub + 1)[:-1] for a, b in zip(Tn[:-1], Tn[1:], strict=False)]
+    frac = np.unique(np.r_[np.linspace(0.0, 1.0, n_sub + 1)[:-1], 0.04, 0.96])
+    Ts = [Tn[0] * np.array([0.25, 0.5, 0.75])] + [a + (b - a) * frac for a, b in zip(Tn[:-1], Tn[1:], strict=True)]
     Tg = np.unique(np.r_[np.concatenate(Ts), Tn])
     lo, hi = surface.y_quoted(Tg)
     lo = np.where(np.isfinite(lo), lo, -1.0)
