@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 
 from bench.common import NO_PEER, best_of, ratio, row
-from core.black import implied_vol
 from core.forwards import Forwards
 from core.surface.fit import fit_surface
 
@@ -27,21 +26,10 @@ AH_CSV = "andreasen_huge_market.csv"
 
 
 def demo_quotes(seed: int = 7):
-    """Demo chain with Black vols from the exact forwards; ``use`` = out-of-the-money two-sided quotes."""
-    from core.sources.demo import demo_chain
+    """``core.sources.demo.demo_fit_quotes``: the demo as a fit-ready frame on its exact forwards."""
+    from core.sources.demo import demo_fit_quotes
 
-    ch = demo_chain(seed=seed)
-    q = ch.quotes.copy()
-    fwd = ch.meta["forwards"]
-    T, K, cp = (q[c].to_numpy(float) for c in ("T", "strike", "cp"))
-    F, D = fwd.F(T), fwd.D(T)
-    bid, ask = q["bid"].to_numpy(float), q["ask"].to_numpy(float)
-    q["F"], q["D"], q["y"] = F, D, np.log(K / F)
-    q["iv_mid"] = implied_vol(0.5 * (bid + ask), F, K, T, cp, D)
-    q["iv_bid"] = np.where(bid > 0, implied_vol(np.where(bid > 0, bid, np.nan), F, K, T, cp, D), np.nan)
-    q["iv_ask"] = implied_vol(ask, F, K, T, cp, D)
-    bad = [i for rows in ch.meta["bad_quotes"].values() for i in rows]
-    q["use"] = (cp * q["y"] >= 0) & (bid > 0) & (ask > bid) & ~q.index.isin(bad) & np.isfinite(q["iv_mid"])
+    q, fwd, ch = demo_fit_quotes(seed)
     return q, fwd
 
 

@@ -14,7 +14,6 @@ fresh processes).
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import subprocess
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import best_of, ratio, row, throughput
-from core.black import NO_NUMBA_ENV, backend, black_price, implied_vol
+from core.black import NO_NUMBA_ENV, black_price, implied_vol, use_backend
 
 BACKENDS = ("numba", "numpy")
 
@@ -136,21 +135,9 @@ def _errors(vol: np.ndarray, true: np.ndarray) -> tuple[float, float, int]:
     return float(err.max()), float(np.median(err)), bad
 
 
-@contextlib.contextmanager
 def _backend(name: str):
-    # selects core.black's backend through its environment variable; yields False if unavailable
-    old = os.environ.get(NO_NUMBA_ENV)
-    if name == "numpy":
-        os.environ[NO_NUMBA_ENV] = "1"
-    else:
-        os.environ.pop(NO_NUMBA_ENV, None)
-    try:
-        yield backend() == name
-    finally:
-        if old is None:
-            os.environ.pop(NO_NUMBA_ENV, None)
-        else:
-            os.environ[NO_NUMBA_ENV] = old
+    """``core.black.use_backend``: yields False if that backend is unavailable."""
+    return use_backend(name)
 
 
 def _first_call_seconds(cache_dir: str) -> float:

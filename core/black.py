@@ -42,6 +42,7 @@ accuracy targets (tests run both). numba's cache lives next to the kernels (``co
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import math
@@ -254,6 +255,26 @@ def backend() -> str:
 
     Compiles (or loads from cache) the numba kernels if that has not happened yet."""
     return "numpy" if _numba() is None else "numba"
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Run the body with ``implied_vol``/``black_price`` on backend ``name`` ("numba" or "numpy"), through
+    ``DUPIRE_DESK_NO_NUMBA``; yields True when that backend is the one in use (False: numba absent)."""
+    if name not in ("numba", "numpy"):
+        raise InputError(f"backend must be 'numba' or 'numpy', got {name!r}")
+    old = os.environ.get(NO_NUMBA_ENV)
+    if name == "numpy":
+        os.environ[NO_NUMBA_ENV] = "1"
+    else:
+        os.environ.pop(NO_NUMBA_ENV, None)
+    try:
+        yield backend() == name
+    finally:
+        if old is None:
+            os.environ.pop(NO_NUMBA_ENV, None)
+        else:
+            os.environ[NO_NUMBA_ENV] = old
 
 
 def _ln_f_over_k(F: np.ndarray, K: np.ndarray) -> np.ndarray:

@@ -28,6 +28,9 @@ from core.black import (
     implied_vol,
     quote_implied_vols,
 )
+from core.black import (
+    use_backend as black_use_backend,
+)
 from core.errors import InputError
 
 EPS = np.finfo(float).eps
@@ -37,22 +40,12 @@ BACKENDS = ["numba", "numpy"]
 
 @contextlib.contextmanager
 def use_backend(name: str):
-    """Run the body on one backend (``DUPIRE_DESK_NO_NUMBA``); skips "numba" where numba is not installed.
-    A context manager, not a fixture, so that Hypothesis tests can use it too."""
-    old = os.environ.get(NO_NUMBA_ENV)
-    if name == "numpy":
-        os.environ[NO_NUMBA_ENV] = "1"
-    else:
-        os.environ.pop(NO_NUMBA_ENV, None)
-    try:
-        if backend() != name:
+    """``core.black.use_backend`` that skips "numba" where numba is not installed (a context manager, not a
+    fixture, so that Hypothesis tests can use it too)."""
+    with black_use_backend(name) as ok:
+        if not ok:
             pytest.skip(f"backend {name} unavailable (numba not installed?)")
         yield
-    finally:
-        if old is None:
-            os.environ.pop(NO_NUMBA_ENV, None)
-        else:
-            os.environ[NO_NUMBA_ENV] = old
 
 
 @pytest.fixture(params=BACKENDS)

@@ -297,3 +297,25 @@ def _make_bad_quotes(out: pd.DataFrame, rng: np.random.Generator, F, D, z) -> di
     dup = len(out) - 1
     return {"crossed": sorted(crossed), "below_intrinsic": sorted(below), "stale": sorted(stale),
             "duplicate": [dup], "_dup_of": {dup: src}}
+
+
+def demo_fit_quotes(seed: int = 7):
+    """The demo chain as a fit-ready quote frame on its EXACT forwards (no parity estimate): Black vols of
+    bid, ask and mid (``core.black.implied_vol``), ``F, D, y``, and ``use`` = out-of-the-money two-sided
+    quotes that are not among the planted bad ones. Returns ``(quotes, forwards, chain)``; for tests and
+    benchmarks of the fits in isolation (``core.pipeline.prepare`` is the production path)."""
+    from core.black import implied_vol
+
+    ch = demo_chain(seed=seed)
+    q = ch.quotes.copy()
+    fwd = ch.meta["forwards"]
+    T, K, cp = (q[c].to_numpy(float) for c in ("T", "strike", "cp"))
+    F, D = fwd.F(T), fwd.D(T)
+    bid, ask = q["bid"].to_numpy(float), q["ask"].to_numpy(float)
+    q["F"], q["D"], q["y"] = F, D, np.log(K / F)
+    q["iv_mid"] = implied_vol(0.5 * (bid + ask), F, K, T, cp, D)
+    q["iv_bid"] = np.where(bid > 0, implied_vol(np.where(bid > 0, bid, np.nan), F, K, T, cp, D), np.nan)
+    q["iv_ask"] = implied_vol(ask, F, K, T, cp, D)
+    bad = [i for rows in ch.meta["bad_quotes"].values() for i in rows]
+    q["use"] = (cp * q["y"] >= 0) & (bid > 0) & (ask > bid) & ~q.index.isin(bad) & np.isfinite(q["iv_mid"])
+    return q, fwd, ch
