@@ -639,9 +639,6 @@ def test_fit_surface(qf, method, smoothing):
         except FitError as exc:
             assert str(exc)
             return
-    iv_in = q["iv_mid"].to_numpy(float)
-    if method == "smooth" and ((iv_in > 5) | ((iv_in > 0) & (iv_in < 1e-3))).any():
-        return   # known bug: test_fit_surface_smooth_outlier_vol (xfail): one absurd vol drags the slice to 0
     _check_fit(fr, q)
 
 
@@ -664,9 +661,6 @@ def test_fit_surface_ssvi_one_expiry_smoothing(smoothing):
     _check_fit(fr, q.assign(use=True))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (core/surface/smooth.py, fit_surface method='smooth'): one outlier quote "
-                   "with a 2000% implied vol (Yahoo sends such values), or one of 1e-8, drags the fitted vol to (about) "
-                   "0 at every quote of the slice, silently; expected a robust fit, the outlier flagged, or FitError")
 @pytest.mark.parametrize("smoothing, outlier", [(0.0, 20.0), (0.3, 20.0), (1.0, 1e-8)])
 def test_fit_surface_smooth_outlier_vol(smoothing, outlier):
     from core.surface.fit import fit_surface

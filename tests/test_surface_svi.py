@@ -7,8 +7,15 @@ import pytest
 from core.errors import InputError
 from core.surface.base import butterfly_g
 from core.surface.ssvi import power_law_phi, ssvi_slice
-from core.surface.svi import (U_MAX, CorrectedSliceSurface, SVISlice, SVISplineSlice, correction_lambda, fit_svi_slice,
-                              quasi_explicit_start)
+from core.surface.svi import (
+    U_MAX,
+    CorrectedSliceSurface,
+    SVISlice,
+    SVISplineSlice,
+    correction_lambda,
+    fit_svi_slice,
+    quasi_explicit_start,
+)
 
 # Gatheral & Jacquier (2014), Example 3.1: a raw SVI slice (T = 1) with butterfly arbitrage
 GJ_ARB = dict(a=-0.0410, b=0.1331, rho=0.3060, m=0.3586, sigma=0.4153)

@@ -18,8 +18,10 @@ regularised): SSVI pulls the ATM term structure towards a parametric ``theta(T)`
 at 1 the parametric curve itself); SVI pulls each slice towards the SSVI pre-fit slice (weight
 ``s/(1-s)``; at 1 the SSVI slices) and sets the curvature penalty of the spline correction to
 ``10^(-3 + 8 s)`` (``core.surface.svi.correction_lambda``: 0 follows the quotes as closely as the
-butterfly/calendar conditions allow; 100 times stiffer per 0.25 of s); smooth sets the spline's curvature penalty ``10^(-5 + 6 s)``
-relative to the data term.
+butterfly/calendar conditions allow; 100 times stiffer per 0.25 of s); smooth sets the spline's curvature
+penalty ``log10 lam_rel = (1 - s) log10 lam_0 + s``, ``lam_0`` from the quotes' bid/ask band (1e-8 for a
+zero-width band, 1e-5 for a band of 50 bp or more), with robust (Huber, then bisquare) weights that
+down-weight absurd quotes (listed in the warnings).
 """
 from __future__ import annotations
 
@@ -232,7 +234,8 @@ def fit_surface(quotes: pd.DataFrame, forwards=None, *, method: str = "ssvi", sm
         else:
             from core.surface.smooth import fit_smooth
 
-            surface, params, gparams = fit_smooth(keys, Tn, y, iv, wt, idx, s, y_lo, y_hi, failed, notes)
+            surface, params, gparams = fit_smooth(keys, Tn, y, iv, wt, idx, s, y_lo, y_hi, failed, notes,
+                                                  band=(q["iv_bid"].to_numpy(float), q["iv_ask"].to_numpy(float)))
     for wmsg in caught:
         if issubclass(wmsg.category, ConvergenceWarning):
             notes.append(str(wmsg.message))
@@ -339,7 +342,6 @@ def _drop_corrections_where_arbitrage(slices, T_ok, lo_ok, hi_ok, grids, notes, 
 
 
 def _fit_svi(keys, Tn, y, iv, wt, idx, s, y_lo, y_hi, failed, notes, ask=None, bid=None):
-    from core.surface.interp import SliceSurface
     from core.surface.ssvi_fit import fit_ssvi
     from core.surface.svi import SVISlice, fit_svi_slice
 

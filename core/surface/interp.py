@@ -455,7 +455,7 @@ def _is_raw_svi(sl) -> bool:
     """True for a plain raw-SVI slice (``core.surface.svi.SVISlice`` itself, not a subclass or a wrapper such
     as ``SVISplineSlice``), or an object declaring ``raw_svi = True``: only those may be evaluated from their
     ``a, b, rho, m, sigma`` alone; every other slice goes through its own ``derivs``."""
-    from core.surface.svi import SVISlice   # here, not at import: svi.py may import this module
+    from core.surface.svi import SVISlice  # here, not at import: svi.py may import this module
 
     flag = getattr(type(sl), "raw_svi", None)
     if flag is not None:
@@ -485,6 +485,7 @@ class SliceSurface(VolSurface):
     T_quoted: tuple = (0.0, np.inf)
     _scheme: object = field(default=None, init=False, repr=False, compare=False)
     _svi: object = field(default=None, init=False, repr=False, compare=False)
+    _stack: object = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         T = np.asarray(self.T_nodes, float)
@@ -493,6 +494,10 @@ class SliceSurface(VolSurface):
         object.__setattr__(self, "T_quoted", (float(T[0]), float(T[-1])))
         P = _svi_params(self.slices)
         object.__setattr__(self, "_svi", None if P is None else tuple(P.T[:, :, None]))
+        if P is None:
+            from core.surface.smooth import SplineStack  # smooth slices: one stacked evaluation
+
+            object.__setattr__(self, "_stack", SplineStack.of(self.slices))
         scheme = TInterp(T)
         if self.y_lo and self.y_hi:
             scheme.lam = butterfly_safeguard(scheme, self.node_values, self.y_lo, self.y_hi)
@@ -509,6 +514,8 @@ class SliceSurface(VolSurface):
         y = np.asarray(y, dtype=float).ravel()
         if self._svi is not None:
             return svi_raw(y[None, :], *self._svi)
+        if self._stack is not None:
+            return self._stack(y)
         n = len(self.slices)
         out = [np.empty((n, y.size)) for _ in range(3)]
         for k, sl in enumerate(self.slices):

@@ -681,8 +681,8 @@ class _Problem:
         u, nit = np.asarray(p0[5:], float) / ds, 0
         for _ in range(3):
             idx = near
-            con = {"type": "ineq", "fun": lambda u: scale[idx] * self.constraints(full(u), False)[0][idx],
-                   "jac": lambda u: scale[idx, None] * self.constraints(full(u), True)[1][idx, 5:] * ds}
+            con = {"type": "ineq", "fun": lambda u, idx=idx: scale[idx] * self.constraints(full(u), False)[0][idx],
+                   "jac": lambda u, idx=idx: scale[idx, None] * self.constraints(full(u), True)[1][idx, 5:] * ds}
             sol = minimize(f, u, jac=True, method="SLSQP", constraints=[con],
                            options={"maxiter": max_iter, "ftol": 1e-6})
             u, nit = sol.x, nit + int(sol.nit)
@@ -817,7 +817,7 @@ def fit_svi_slice(y, iv, wt, T: float, *, y_grid, start: SVISlice | None = None,
             nfev += nf
             v2 = pc.violations(p2)
             if v2[0] >= 0 and v2[1] <= 1e-12 and pc.data_cost(p2) < pc.data_cost(p1):
-                p1, ok1, msg1 = p2, True, msg2
+                p1, msg1 = p2, msg2
         cand = SVISplineSlice(_from_x(p1[:5]), tuple(float(k) for k in knots), tuple(float(c) for c in p1[5:]))
         yf = np.linspace(min(ygc[0], knots[3]), max(ygc[-1], knots[-4]), 8 * len(ygc))
         out_f = (yf < yg[0]) | (yf > yg[-1])
