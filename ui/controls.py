@@ -268,8 +268,10 @@ def _state_line(sb, chain: QuoteChain, label: str) -> None:
 def _settings(sb, chain: QuoteChain, key: str, kind: str, ident: tuple) -> pipeline.Settings:
     sb.markdown("### Calibration")
     method = sb.selectbox("Method", list(METHODS), format_func=METHODS.get, **_keep("method"),
-                          help="SSVI is arbitrage-free by construction; the naive methods differentiate "
-                               "prices numerically (what the seed scripts do) for comparison.")
+                          help="SSVI is arbitrage-free by construction but has one skew for the whole surface: "
+                               "exact on the demo, loose on real index quotes. For real quotes choose SVI per "
+                               "slice (the tightest fit inside bid/ask) or the non-parametric smooth. The naive "
+                               "methods differentiate prices numerically (what the seed scripts do), for comparison.")
     smoothing = sb.slider("Smoothing", 0.0, 1.0, step=0.05, **_keep("smoothing"),
                           help="0 follows the quotes as closely as no-arbitrage allows; 1 is strongly regularised.")
     clip = sb.slider("Local-vol clip band (%)", 0, 300, step=1, **_keep("clip"),
