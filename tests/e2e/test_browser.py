@@ -9,6 +9,7 @@ docs/screenshot.png (the README's).
 from __future__ import annotations
 
 import io
+import re
 import time
 from pathlib import Path
 
@@ -109,22 +110,29 @@ def test_clip_band_changes_the_heatmap(page, app_url, artifacts):
     page.wait_for_timeout(800)
     before = heat.screenshot()
     assert "clip band 2%-200%" in page.inner_text("body")
-    slider = page.locator('[data-testid="stSidebar"] [data-testid="stSlider"]', has_text="clip band")
-    thumb = slider.get_by_role("slider").first
-    target = "clip band 16%-200%"
-    for attempt in range(2):  # a keypress landing during a rerun can lose focus: try once more
+    # lower edge 2% -> 16% or more (above the demo's lowest local vols); a keypress that lands during a
+    # rerun can be lost, so on failure reload the page and press again
+    raised = "() => /clip band (1[6-9]|[2-9][0-9])%-200%/.test(document.body.innerText)"
+    for attempt in range(3):
+        if attempt:
+            open_page(page, app_url, "Surfaces")
+            settle(page)
+        slider = page.locator('[data-testid="stSidebar"] [data-testid="stSlider"]', has_text="clip band")
+        thumb = slider.get_by_role("slider").first
         thumb.focus()
-        for _ in range(14 if attempt == 0 else 0):  # lower edge 2% -> 16%: above the demo's lowest local vols
+        for _ in range(14):
             page.keyboard.press("ArrowRight")
         page.wait_for_timeout(300)
         t0 = time.time()
         page.keyboard.press("Tab")
         try:
-            page.wait_for_function(f"() => document.body.innerText.includes('{target}')", timeout=60_000)
+            page.wait_for_function(raised, timeout=60_000)
             break
-        except Exception:  # noqa: BLE001 - retried once, then the assertion below reports it
+        except Exception:  # noqa: BLE001 - retried, then the assertion below reports it
+            shot(page, artifacts / f"clip_attempt_{attempt}_failed.png")  # for diagnosis
             settle(page)
-    assert target in page.inner_text("body"), "the clip band change did not reach the page"
+    assert re.search(r"clip band (1[6-9]|[2-9][0-9])%-200%", page.inner_text("body")), \
+        "the clip band change did not reach the page"
     # speed is measured by `make bench`, not asserted here; printed for the record
     print(f"clip change re-rendered in {time.time() - t0:.2f} s")
     settle(page)
