@@ -193,3 +193,21 @@ def test_cli_price_on_a_folder_that_is_not_a_calibration(tmp_path, capsys):
     assert main(["price", str(tmp_path), "--type", "call", "--strike", "100", "--expiry", "1"]) == 2
     err = capsys.readouterr().err
     assert "not a calibration folder" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+@pytest.mark.parametrize("method", ["svi", "smooth"])
+def test_spx_2011_round_trip_inside_bid_ask(shared_data, method):
+    """Issue 6: the SPX quotes of 24 Jan 2011 repriced by the forward Dupire PDE under the local vol of our
+    fit: at least 95% of the quotes the surface was fitted to come back inside their bid/ask vol band
+    (measured: SVI 96.7%, smooth 98.2%)."""
+    from core.pipeline import reprice
+    from core.sources.cboe import read_cboe
+
+    chain = read_cboe(shared_data / "spx_20110124" / "SPX-Options-24jan2011.csv")
+    s = Settings(method=method)
+    prep = prepare(chain, s)
+    res = reprice(prep, fit(prep, s), s)
+    assert len(res.table) == int(prep.quotes["use"].sum())
+    assert res.inside_bid_ask >= 0.95
