@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.errors import ConvergenceWarning, InputError
-from core.surface.base import butterfly_g
+from core.localvol import gatheral_local_variance
 
 #: below this ``T`` (years, about 30 minutes) the surface is evaluated at ``T_MIN``: ``w -> 0``
 #: makes Gatheral's formula 0/0 at ``T = 0``, and one half-hour of variance is immaterial.
@@ -55,9 +55,8 @@ class SurfaceLocalVol:
         with np.errstate(divide="ignore", invalid="ignore"):
             y = np.log(K / self.forwards.F(T))
             d = self.surface.derivatives(y, T)
-            g = butterfly_g(y, d.w, d.w_y, d.w_yy)
-            var = d.w_T / g
-            ok = (g > 1e-12) & (d.w_T >= 0) & np.isfinite(var)
+            var, g = gatheral_local_variance(y, d)
+            ok = (g > 1e-12) & np.isfinite(var)
             fallback = np.maximum(d.w, 0.0) / T
         self.n_fallback += int(np.count_nonzero(~ok))
         var = np.where(ok, var, fallback)

@@ -121,11 +121,7 @@ class SSVISurface(VolSurface):
 
 def ssvi_local_vol(surface: VolSurface, y, T):
     """Exact Dupire local vol of an analytic surface by Gatheral's formula (MATH.md):
-    ``sigma_loc^2 = w_T / g(y, T)``. Returns NaN where ``g <= 0`` or ``w_T < 0``."""
-    from core.surface.base import butterfly_g
+    ``sigma_loc^2 = w_T / g(y, T)`` (``core.localvol.local_vol_y``). NaN where ``g <= 0`` or ``w_T < 0``."""
+    from core.localvol import local_vol_y
 
-    d = surface.derivatives(y, T)
-    g = butterfly_g(np.broadcast_to(np.asarray(y, float), d.w.shape), d.w, d.w_y, d.w_yy)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        var = np.where((g > 0) & (d.w_T >= 0), d.w_T / g, np.nan)
-    return np.sqrt(var)
+    return local_vol_y(surface, y, T)
