@@ -85,6 +85,35 @@ def expiry_time(expiry: Any, settlement: str = "PM") -> pd.Timestamp:
     return pd.Timestamp(_dt.datetime(d.year, d.month, d.day, hh, mm)).tz_localize(NEW_YORK).tz_convert("UTC")
 
 
+def expiry_key(expiry: Any, settlement: str = "PM") -> str:
+    """The one identifier of an expiry series: ``'YYYY-MM-DD'`` for PM settlement, ``'YYYY-MM-DD AM'`` for AM.
+
+    SPX (AM, 09:30) and SPXW (PM, 16:00) expiring on the same date are two expiries with two ``T``;
+    every table, picker, fit and export keys them by this string so they are never merged.
+    """
+    d = pd.Timestamp(expiry).strftime("%Y-%m-%d")
+    return f"{d} AM" if str(settlement).upper() == "AM" else d
+
+
+def expiry_keys(quotes: pd.DataFrame) -> pd.Series:
+    """``expiry_key`` of every row of a quote table (``expiry`` and, where present, ``settlement``)."""
+    d = pd.to_datetime(quotes["expiry"]).dt.strftime("%Y-%m-%d")
+    if "settlement" not in quotes.columns:
+        return d
+    am = quotes["settlement"].astype(str).str.upper().eq("AM").to_numpy()
+    return d.where(~am, d + " AM")
+
+
+def parse_expiry_key(value: Any, name: str = "expiries") -> str:
+    """A user's expiry (``'2024-01-19'``, ``'2024-01-19 AM'``, ``'2024-01-19 PM'`` or a date) as an ``expiry_key``."""
+    s = str(value).strip()
+    settle = "PM"
+    parts = s.rsplit(" ", 1)
+    if len(parts) == 2 and parts[1].upper() in ("AM", "PM"):
+        s, settle = parts[0], parts[1].upper()
+    return expiry_key(parse_expiry(s if isinstance(value, str) else value, name), settle)
+
+
 def to_utc(t: Any, default_tz: str = NEW_YORK) -> pd.Timestamp:
     """A timestamp as tz-aware UTC; naive input is taken as ``default_tz`` (New York)."""
     ts = pd.Timestamp(t)
