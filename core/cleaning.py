@@ -27,7 +27,8 @@ REASONS: dict[str, str] = {
     "ok": "usable quote: passed every check",
     "bad_contract": "the contract itself is malformed: strike missing, zero or negative, call/put flag "
                     "unknown, or no time to expiry",
-    "expired": "expired, or too close to expiry (T below the minimum): the price is mostly noise",
+    "expired": "expired: the expiry time is at or before the time the prices were made (the market time), or "
+               "so close to it (T below the minimum, one day by default) that the price is mostly noise",
     "missing_quote": "bid or ask missing (or negative): no two-sided market",
     "zero_bid": "zero bid: nobody is willing to buy, so the mid overstates the value",
     "crossed": "crossed market: bid above ask, one side is stale or wrong",
@@ -36,7 +37,8 @@ REASONS: dict[str, str] = {
     "stale": "last trade too long before the quote time: the quote may be stale",
     "low_volume": "traded volume below the minimum set in the cleaning settings",
     "low_open_interest": "open interest below the minimum set in the cleaning settings",
-    "duplicate": "duplicate of an earlier quote with the same expiry, strike and call/put (first kept)",
+    "duplicate": "duplicate of an earlier quote of the same contract (root, expiry and settlement, strike, "
+                 "call/put), e.g. the same expiry in two files (first kept)",
     "below_intrinsic": "mid at or below the discounted intrinsic value on the forward: "
                        "no time value, no implied vol (an arbitrage if it were executable)",
     "above_upper_bound": "mid above the no-arbitrage upper bound (call above D*F, put above D*K)",
@@ -162,8 +164,10 @@ def clean_quotes(quotes: Any, config: CleaningConfig | None = None) -> pd.DataFr
     Checks, first failing wins (``CHECK_ORDER``): bad_contract, expired (``T < min_T``),
     missing_quote, zero_bid, crossed (bid > ask), locked (bid == ask), wide_spread
     (``spread / mid > max_spread_frac``), stale (``quote_time - last_trade_time > stale_after``,
-    where both are known), low_volume, low_open_interest, duplicate (same expiry, expiry time,
-    strike and cp as an earlier row that passed every other check: the first is kept).
+    where both are known), low_volume, low_open_interest, duplicate (same root, expiry, settlement,
+    expiry time, strike and cp as an earlier row that passed every other check: the first is kept).
+    ``expired`` takes every ``T < min_T``: a negative ``T`` (an expiry before the market time, as
+    listed in a weekend download) is expired, never a bad contract.
     Returns a copy of the table with the three columns added (index reset to 0..n-1).
     Raises ``InputError`` for a non-table or missing columns.
     """
@@ -212,7 +216,9 @@ def clean_quotes(quotes: Any, config: CleaningConfig | None = None) -> pd.DataFr
 
     ok = reason == "ok"
     if ok.any():
-        keys = [c for c in ("expiry", "expiry_time", "strike", "cp") if c in q.columns]
+        # SPX (AM) and SPXW (PM) of one date are different contracts: root, settlement and expiry time
+        # are part of the key, so only a true repeat (two files, a vendor's double row) is a duplicate
+        keys = [c for c in ("root", "expiry", "settlement", "expiry_time", "strike", "cp") if c in q.columns]
         dup = q.loc[ok, keys].duplicated(keep="first").to_numpy(dtype=bool)
         idx = np.flatnonzero(ok)[dup]
         reason[idx] = "duplicate"
@@ -316,6 +322,19 @@ def select_for_fit(quotes: pd.DataFrame, forwards: Any, exercise: str = "europea
     q["use"] = use
     q["use_rule"] = pd.Series(rule, index=q.index, dtype=object).astype(str)
     return q
+
+
+def use_mask(quotes: pd.DataFrame) -> np.ndarray:
+    """The quotes that feed the fit, as a bool array ``(n,)``: the ``use`` column of ``select_for_fit``;
+    every row when the table has no ``use`` column (a hand-built table of quotes to reprice)."""
+    if "use" not in quotes.columns:
+        return np.ones(len(quotes), dtype=bool)
+    return quotes["use"].to_numpy(dtype=bool)
+
+
+def used(quotes: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``quotes`` that feed the fit (``use_mask``)."""
+    return quotes[use_mask(quotes)]
 
 
 def reason_counts(quotes: pd.DataFrame) -> dict[str, int]:

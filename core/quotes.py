@@ -3,8 +3,10 @@
 A quote table is a ``pandas.DataFrame`` with the columns of ``QUOTE_COLUMNS`` (in that order,
 extra columns allowed after them). ``make_quotes`` coerces and validates a frame into that
 schema; ``QuoteChain`` carries the table with its metadata (spot, quote time, source, exercise
-style). Conventions (``shared/MATH.md``): ``T`` is ACT/365 from the quote time to the expiry
-time, 16:00 America/New_York for PM-settled options, 09:30 for AM-settled SPX monthlies.
+style). Conventions (``shared/MATH.md``): ``T`` is ACT/365 from the market time to the expiry
+time, 16:00 America/New_York for PM-settled options, 09:30 for AM-settled SPX monthlies. The market
+time (``core.calendar.market_time``) is the time the prices were made: the quote time when it falls
+inside an NYSE session, else the last close before it (a Saturday download holds Friday's close).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from core.calendar import is_session, market_times, session_on_or_before
 from core.errors import InputError
 
 NEW_YORK = "America/New_York"
@@ -60,12 +63,22 @@ def is_third_friday(d: _dt.date) -> bool:
 
 
 def settlement_for(root: str, expiry: _dt.date) -> str:
-    """'AM' for AM-settled index monthlies (root SPX etc. on a third Friday, or the Saturday
-    after it as in pre-2015 contract codes), else 'PM'."""
+    """'AM' for AM-settled index monthlies, else 'PM'.
+
+    AM: root SPX (NDX, RUT, DJX, VIX) expiring on a third Friday; on the Saturday after it (pre-2015
+    contract codes name the Saturday); or on the session before a third Friday that is an exchange
+    holiday (the April monthly moves to Thursday when the third Friday is Good Friday, and stays
+    AM-settled, while SPXW of that Thursday settles PM). Sessions: ``core.calendar`` (NYSE).
+    """
     root = str(root or "").upper()
-    if root in AM_SETTLED_ROOTS:
-        if is_third_friday(expiry) or (expiry.weekday() == 5 and is_third_friday(expiry - _dt.timedelta(days=1))):
-            return "AM"
+    if root not in AM_SETTLED_ROOTS:
+        return "PM"
+    if is_third_friday(expiry) or (expiry.weekday() == 5 and is_third_friday(expiry - _dt.timedelta(days=1))):
+        return "AM"
+    first = _dt.date(expiry.year, expiry.month, 1)
+    third_friday = first + _dt.timedelta(days=(4 - first.weekday()) % 7 + 14)
+    if expiry.weekday() < 5 and 1 <= (third_friday - expiry).days <= 4 and not is_session(third_friday):
+        return "AM" if session_on_or_before(third_friday) == expiry else "PM"
     return "PM"
 
 
@@ -73,12 +86,13 @@ def expiry_time(expiry: Any, settlement: str = "PM") -> pd.Timestamp:
     """Settlement time of an expiry date as a tz-aware UTC timestamp.
 
     PM: 16:00 New York on the expiry date. AM: 09:30 New York on the expiry date, or on the
-    Friday before when the date is a Saturday (old SPX codes name the Saturday).
+    Friday before when the date is a Saturday (old SPX codes name the Saturday; the session before
+    that Friday when it is an exchange holiday).
     """
     d = pd.Timestamp(expiry).date()
     if settlement == "AM":
         if d.weekday() == 5:
-            d = d - _dt.timedelta(days=1)
+            d = session_on_or_before(d - _dt.timedelta(days=1))
         hh, mm = 9, 30
     else:
         hh, mm = 16, 0
@@ -163,7 +177,8 @@ def make_quotes(df: pd.DataFrame, *, quote_time: Any = None, underlying: str | N
     Parameters: ``df`` needs at least ``expiry, strike, cp, bid, ask``; missing optional columns are
     filled (NaN, NaT, ''). ``quote_time``/``underlying``/``source`` fill those columns where absent.
     ``settlement`` defaults from ``root`` and ``expiry`` (``settlement_for``), ``expiry_time`` from
-    those, and ``T`` from ``quote_time`` to ``expiry_time`` (ACT/365).
+    those, and ``T`` from the market time of each row's ``quote_time`` (``core.calendar.market_time``:
+    the quote time inside a session, else the last close before it) to ``expiry_time`` (ACT/365).
     Returns a new frame, columns in schema order followed by any extras.
     Raises ``InputError`` naming missing columns or unparseable values.
     """
@@ -208,19 +223,18 @@ def make_quotes(df: pd.DataFrame, *, quote_time: Any = None, underlying: str | N
     q["root"] = q["root"].fillna("").astype(str)
     q["source"] = q["source"].fillna("").astype(str)
     if "settlement" not in q or q["settlement"].isna().any():
-        q["settlement"] = [settlement_for(r, e.date()) if pd.notna(e) else "PM" for r, e in zip(q["root"], q["expiry"], strict=True)]
+        # one rule call per distinct (root, expiry): a real chain has ~20,000 rows but ~60 such pairs
+        codes, pairs = pd.MultiIndex.from_arrays([q["root"], q["expiry"]]).factorize()
+        rule = np.array([settlement_for(r, e.date()) if pd.notna(e) else "PM" for r, e in pairs], dtype=object)
+        q["settlement"] = rule[codes] if n else pd.Series([], dtype=object)
     q["settlement"] = q["settlement"].astype(str)
     if "expiry_time" not in q or q["expiry_time"].isna().any():
-        cache: dict = {}
-        times = []
-        for e, s in zip(q["expiry"], q["settlement"], strict=True):
-            key = (e, s)
-            if key not in cache:
-                cache[key] = expiry_time(e, s) if pd.notna(e) else pd.NaT
-            times.append(cache[key])
-        q["expiry_time"] = pd.to_datetime(pd.Series(times, dtype="datetime64[ns, UTC]") if times else pd.Series([], dtype="datetime64[ns, UTC]"), utc=True)
+        codes, pairs = pd.MultiIndex.from_arrays([q["expiry"], q["settlement"]]).factorize()
+        times = pd.DatetimeIndex([expiry_time(e, st) if pd.notna(e) else pd.NaT for e, st in pairs],
+                                 dtype="datetime64[ns, UTC]")
+        q["expiry_time"] = pd.Series(times[codes] if n else times[:0], index=q.index)
     q["expiry_time"] = pd.to_datetime(q["expiry_time"], utc=True)
-    q["T"] = year_fraction(q["quote_time"], q["expiry_time"]) if n else np.zeros(0)
+    q["T"] = year_fraction(market_times(q["quote_time"]), q["expiry_time"]) if n else np.zeros(0)
     cols = list(QUOTE_COLUMNS) + [c for c in q.columns if c not in QUOTE_COLUMNS]
     return q[cols]
 
@@ -230,10 +244,12 @@ class QuoteChain:
     """An option chain as loaded from one source: the quote table and its metadata.
 
     ``quotes``: frame in the schema of ``make_quotes``. ``spot``: underlying price at ``spot_time``
-    (None when the source has none: put-call parity then gives the forward). ``asof``: quote time,
-    tz-aware UTC. ``exercise``: 'european' or 'american' (American chains use OTM quotes only and
-    flag the parity forward as approximate). ``meta``: anything the source wants to keep (for
-    the demo, the true model parameters; for files, the file name).
+    (None when the source has none: put-call parity then gives the forward). ``asof``: quote time as
+    read (tz-aware UTC). ``market_time``: the time the prices were made and ``T`` runs from
+    (``core.calendar.market_time(asof)`` when not given; last so that the positional signature of
+    older code still works). ``exercise``: 'european' or 'american' (American chains use OTM quotes
+    only and flag the parity forward as approximate). ``meta``: anything the source wants to keep
+    (for the demo, the true model parameters; for files, the file name, warnings).
     """
 
     quotes: pd.DataFrame
@@ -244,8 +260,11 @@ class QuoteChain:
     spot_time: pd.Timestamp | None = None
     exercise: str = "european"
     meta: Mapping[str, Any] = field(default_factory=dict)
+    market_time: pd.Timestamp | None = None
 
     def __post_init__(self) -> None:
+        if self.market_time is None and self.asof is not None and not pd.isna(self.asof):
+            object.__setattr__(self, "market_time", market_times([self.asof]).iloc[0])
         if self.exercise not in ("european", "american"):
             raise InputError(f"exercise must be 'european' or 'american', got {self.exercise!r}")
         if self.spot is not None and not (np.isfinite(self.spot) and self.spot > 0):
@@ -266,4 +285,4 @@ class QuoteChain:
                              f"available: {[str(h.date()) for h in sorted(have)]}")
         q = self.quotes[self.quotes["expiry"].isin(wanted)].reset_index(drop=True)
         return QuoteChain(q, self.underlying, self.asof, self.source, self.spot, self.spot_time,
-                          self.exercise, dict(self.meta))
+                          self.exercise, dict(self.meta), self.market_time)

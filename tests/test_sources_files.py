@@ -149,7 +149,9 @@ def test_cboe_modern_sample():
     assert spxw["settlement"] == "PM" and spxw["expiry_time"] == _ny("2022-02-18 16:00")
     assert (spxw["bid"], spxw["ask"], spxw["last"]) == (100.5, 102.1, 101.0)
     wk = q.loc[("SPXW", pd.Timestamp("2022-02-07"), 1)]
-    assert wk["T"] == pytest.approx((_ny("2022-02-07 16:00") - _ny("2022-02-05 20:09")).total_seconds() / (365 * 86400))
+    # a Saturday download holds Friday's closing prices: T runs from Friday 4 Feb 16:00 (core.calendar)
+    assert c.market_time == _ny("2022-02-04 16:00")
+    assert wk["T"] == pytest.approx((_ny("2022-02-07 16:00") - _ny("2022-02-04 16:00")).total_seconds() / (365 * 86400))
     assert np.isnan(wk["last"]) and wk["vendor_iv"] == pytest.approx(4.285)
 
 

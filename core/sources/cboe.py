@@ -13,28 +13,53 @@ Modern layout: line 1 ``<name>,Last: 4500.5298,Change: ...`` (spot after ``Last:
 ``Expiration Date,Calls,Last Sale,Net,Bid,Ask,Volume,IV,Delta,Gamma,Open Interest,Strike,Puts,...``,
 then rows with OCC symbols (``SPXW220207C02400000``); SPX and SPXW in one file. ``IV`` is kept as
 ``vendor_iv``.
+
+Real downloads, as users save them (``shared/data/cboe_modern``): blank lines before the header lines
+are skipped; the date line comes in many shapes (``June 11, 2022, 8:47 PM EDT``, ``January 7, 2024 at
+10:52 AM EST``, ``26 May 2023, 5:18 PM EDT`` unquoted so that its comma splits the field, month names
+in several languages, ``GMT-5``: ``core.sources._io.read_vendor_time``). What the header says is
+checked against what the rows imply, never taken on trust:
+
+- the quote time against the expiries (``_io.clock_problem``): every expiry in the past, the nearest
+  one decades away, or a quote date after the first listed expiry (beyond the one that ended in the
+  last session) is refused in one sentence naming the line and ``asof``;
+- a date line without a year (``4 June 4, 3:15 PM EDT``) takes its year from the expiries only when
+  exactly one year puts it within a week before the first listed expiry (``_io.infer_year``), and
+  says so in ``meta["warnings"]``; otherwise it is refused;
+- the spot on the ``Last:`` line against the put-call-parity forward of the nearest expiry
+  (``_io.parity_forward``): a spot that disagrees is not used (``spot`` None, forwards from parity)
+  and ``meta["warnings"]`` names the line and ``spot``; a spot passed by hand is kept, with the warning.
+
+``T`` runs from the market time (``core.calendar``): a Saturday download holds Friday's close.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import re
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from core.errors import FormatError
-from core.quotes import NEW_YORK, QuoteChain
+from core.errors import FormatError, InputError
+from core.quotes import NEW_YORK, QuoteChain, expiry_time, settlement_for
 from core.sources._io import (
+    YEAR_INFERENCE_DAYS,
     build_chain,
+    clock_problem,
     csv_rows,
     fmt_num,
     guarded,
+    infer_year,
     iso_or_none,
     number,
+    parity_forward,
     parse_time,
     read_text,
+    read_vendor_time,
     split_lines,
+    spot_problem,
     underlying_of,
     user_asof,
     user_spot,
@@ -100,7 +125,11 @@ def read_cboe(src: Any, *, spot: float | None = None, asof: Any = None) -> Quote
     Parameters: ``src`` path, bytes or file-like; ``spot`` (index points) and ``asof`` (quote time,
     naive = New York) override what the header lines say, and are needed when the header lacks them.
     Rows whose contract cannot be decoded are skipped and listed in ``meta["skipped"]`` (line, reason).
-    Raises ``FormatError`` when the text is not a CBOE download.
+    ``meta`` also holds ``warnings`` (a year inferred, a spot not used), ``parity_check`` (the forward
+    the spot was checked against), ``time_from`` ('file', 'file, year inferred' or 'asof').
+    Raises ``FormatError`` when the text is not a CBOE download or its date line is unreadable or
+    contradicted by its expiries (one sentence naming the line and ``asof``); ``InputError`` when an
+    ``asof`` leaves every expiry in the past.
     """
     text = read_text(src, what="CBOE file")
     layout = sniff_layout(text)
@@ -111,53 +140,153 @@ def read_cboe(src: Any, *, spot: float | None = None, asof: Any = None) -> Quote
     return (_read_old if layout == "old" else _read_modern)(lines, spot=user_spot(spot), asof=user_asof(asof))
 
 
-def _header_spot_time(lines: list[str], header_idx: int, *, modern: bool):
-    spot = spot_time = None
-    name = ""
-    rows = csv_rows(lines[:header_idx])
-    if rows and rows[0]:
-        name = rows[0][0]
-        if modern:
-            for f in rows[0][1:]:
-                if f.lower().startswith("last:"):
-                    spot = number(f.split(":", 1)[1])
-        elif len(rows[0]) > 1:
-            spot = number(rows[0][1])
-    for r in rows[1:]:
-        if r and r[0]:
-            cand = r[0]
-            if modern and not cand.lower().startswith("date"):
-                continue
-            try:
-                spot_time = parse_time(cand, what="CBOE quote time")
-            except FormatError:
-                spot_time = None
-            break
-    if spot is not None and not (np.isfinite(spot) and spot > 0):
-        spot = None
-    return name, spot, spot_time
+#: the one-sentence remedies named by every refusal (the app's inputs and the CLI's options)
+ASOF_FIX = ("pass asof= (--asof on the command line) with the time the quotes were taken, "
+            "such as '2023-06-02 16:00' (New York)")
+SPOT_FIX = "pass spot= (--spot on the command line) with the underlying's price"
+_KEYED = re.compile(r"^\s*(bid|ask|size|volume|last|change|high|low|open)\s*:", re.I)
 
 
-def _finish(rows: list[dict], *, name: str, file_spot, file_time, spot, asof, layout: str, skipped: list) -> QuoteChain:
+@dataclass
+class _Head:
+    """What the lines above the column header say: the name line (with the spot) and the date line."""
+
+    name: str = ""
+    name_line: int | None = None       # 1-based line numbers, as a text editor shows them
+    spot_text: str = ""
+    file_spot: float | None = None
+    date_line: int | None = None
+    date_text: str | None = None
+    header_line: int = 0
+
+    def where(self) -> str:
+        if self.date_line is None:
+            return f"the CBOE file has no date line above its column header (line {self.header_line})"
+        return f"line {self.date_line} of the CBOE file ({self.date_text!r})"
+
+
+def _read_head(lines: list[str], header_idx: int, *, modern: bool) -> _Head:
+    """The name, spot and date lines above the header; blank lines (real downloads start with one) skipped.
+
+    The date is the first field of its line and the fields after it up to the first ``Bid:``-like field
+    (``Date: 26 May 2023, 5:18 PM EDT,Bid: 0`` has a comma inside the date and no quotes around it).
+    """
+    head = _Head(header_line=header_idx + 1)
+    rows = [(i + 1, (csv_rows([line]) or [[]])[0]) for i, line in enumerate(lines[:header_idx])]   # one line each:
+    filled = [(n, row) for n, row in rows if any(f for f in row)]                            # exact line numbers
+    if not filled:
+        return head
+    head.name_line, first = filled[0]
+    head.name = first[0]
+    if modern:
+        for f in first[1:]:
+            if f.lower().startswith("last:"):
+                head.spot_text, head.file_spot = f, number(f.split(":", 1)[1])
+    elif len(first) > 1:
+        head.spot_text, head.file_spot = first[1], number(first[1])
+    if head.file_spot is not None and not (np.isfinite(head.file_spot) and head.file_spot > 0):
+        head.file_spot = None
+    for lineno, row in filled[1:]:
+        if not row[0]:
+            continue
+        if modern and not row[0].lower().startswith("date"):
+            continue
+        parts = [row[0]]
+        for f in row[1:]:
+            if not f or _KEYED.match(f):
+                break
+            parts.append(f)
+        head.date_line, head.date_text = lineno, ", ".join(parts)
+        break
+    return head
+
+
+def _expiry_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per distinct (root, expiry): the expiry date and its settlement time (``core.quotes``)."""
+    pairs = df[["root", "expiry"]].dropna().drop_duplicates()
+    settle = [settlement_for(r, pd.Timestamp(e).date()) for r, e in zip(pairs["root"], pairs["expiry"], strict=True)]
+    times = [expiry_time(e, st) for e, st in zip(pairs["expiry"], settle, strict=True)]
+    return pd.DataFrame({"expiry": pd.to_datetime(pairs["expiry"]).to_numpy(),
+                         "expiry_time": pd.to_datetime(pd.Series(times, dtype="datetime64[ns, UTC]"), utc=True)})
+
+
+def _quote_time(head: _Head, expiries: pd.DataFrame, asof, warnings: list[str]) -> tuple[pd.Timestamp, str]:
+    """The quote time of the file, checked against its expiries: ``(time, how)``, how in 'asof', 'file',
+    'file, year inferred'. Raises ``FormatError`` (``InputError`` for a bad ``asof``) in one sentence
+    naming the line and the option that fixes it."""
+    if asof is not None:
+        problem = clock_problem(expiries, asof, listed_expired=False)
+        if problem:
+            raise InputError(f"asof {pd.Timestamp(asof).tz_convert('America/New_York'):%Y-%m-%d %H:%M} (New York) "
+                             f"does not fit the file: {problem}; pass the time the quotes were taken")
+        return asof, "asof"
+    if head.date_text is None:
+        raise FormatError(f"{head.where()}: {ASOF_FIX}")
+    try:
+        parts = read_vendor_time(head.date_text)
+        file_time = parts.at() if parts is not None and parts.year is not None else None
+    except FormatError as exc:
+        raise FormatError(f"{head.where()} does not read as a date and time ({exc}); {ASOF_FIX}") from None
+    if parts is None:   # no month name: an ISO or numeric time, read by pandas
+        try:
+            file_time = parse_time(head.date_text, what="date")
+        except FormatError:
+            raise FormatError(f"{head.where()} does not read as a date and time (no month name and no ISO date); "
+                              f"{ASOF_FIX}") from None
+    how = "file"
+    if file_time is None:   # a date line without a year: only the expiries can tell it, and only when unambiguous
+        year, hits = infer_year(parts, expiries)
+        if year is None:
+            why = ("no year puts it within a week before the first listed expiry" if not hits else
+                   f"the years {hits} all fit")
+            raise FormatError(f"{head.where()} has no year ({parts.year_text or 'nothing'!r} stands where it should) "
+                              f"and the expiries do not settle it ({why}); {ASOF_FIX}")
+        file_time = parts.at(year)
+        first = pd.Timestamp(expiries["expiry"].min()).date()
+        day = _dt.date(year, parts.month, parts.day)
+        warnings.append(f"{head.where()} has no year ({parts.year_text or 'nothing'!r} stands where it should): "
+                        f"read as {day.day} {day:%B %Y}, the only year that puts it within {YEAR_INFERENCE_DAYS} days "
+                        f"before the first listed expiry ({first}); if that is wrong, {ASOF_FIX}")
+        how = "file, year inferred"
+    problem = clock_problem(expiries, file_time)
+    if problem:
+        raise FormatError(f"{head.where()} dates the quotes "
+                          f"{file_time.tz_convert('America/New_York'):%Y-%m-%d %H:%M} New York, but {problem}; {ASOF_FIX}")
+    return file_time, how
+
+
+def _finish(rows: list[dict], *, head: _Head, spot, asof, layout: str, skipped: list) -> QuoteChain:
     if not rows:
         raise FormatError(f"the CBOE file ({layout} layout) has a header but no readable option rows"
                           + (f"; first problem: line {skipped[0][0]}: {skipped[0][1]}" if skipped else ""))
-    quote_time = asof if asof is not None else file_time
-    if quote_time is None:
-        raise FormatError("the CBOE file's second line gives no readable quote time: pass asof= "
-                          "(the time the quotes were taken, New York)")
-    S = spot if spot is not None else file_spot
     df = pd.DataFrame(rows)
     roots = df["root"].value_counts()
     underlying = underlying_of(roots.index[0])
-    m = re.search(r"\(([A-Z^.]{1,8})\)", name)
-    if m and not re.search(r"\s", m.group(1)):
-        underlying = m.group(1).lstrip("^")
-    meta = {"file_format": f"cboe-{layout}", "header_name": name, "file_spot": file_spot,
-            "file_time": iso_or_none(file_time), "skipped": [list(x) for x in skipped],
+    m = re.search(r"\(([A-Z^.]{1,8})\)", head.name)
+    if m and m.group(1).lstrip("^") in {underlying_of(r) for r in roots.index}:
+        underlying = m.group(1).lstrip("^")     # "S&P 500 Index (SPX)"; not "(ETF)" of "QQQ Trust, Series 1 (ETF)"
+    warnings: list[str] = []
+    quote_time, how = _quote_time(head, _expiry_table(df), asof, warnings)
+    S = spot if spot is not None else head.file_spot
+    meta = {"file_format": f"cboe-{layout}", "header_name": head.name, "file_spot": head.file_spot,
+            "file_time": iso_or_none(quote_time) if how != "asof" else None, "time_from": how,
+            "skipped": [list(x) for x in skipped], "warnings": warnings,
             "overrides": {k: v for k, v in (("spot", spot), ("asof", iso_or_none(asof))) if v is not None}}
-    return build_chain(df, underlying=underlying, asof=quote_time, source="cboe", spot=S,
-                       spot_time=quote_time if spot is not None else (file_time or quote_time), meta=meta)
+    chain = build_chain(df, underlying=underlying, asof=quote_time, source="cboe", spot=S,
+                        spot_time=quote_time, meta=meta)
+    check = parity_forward(chain.quotes, quote_time)
+    meta["parity_check"] = check
+    problem = spot_problem(S, check)
+    if problem and spot is not None:
+        warnings.append(f"spot={spot:g}: {problem}; kept because it was set by hand")
+    elif problem:
+        where = f"line {head.name_line} of the CBOE file ({head.spot_text!r})"
+        warnings.append(f"{where}: {problem}; the spot is not used (forwards from put-call parity); "
+                        f"{SPOT_FIX} if it is right")
+        chain = replace(chain, spot=None, spot_time=None)
+    elif S is None:
+        warnings.append("the CBOE file gives no spot (no 'Last:' on its first line): forwards come from put-call parity")
+    return chain
 
 
 def _read_old(lines: list[str], *, spot, asof) -> QuoteChain:
@@ -166,7 +295,7 @@ def _read_old(lines: list[str], *, spot, asof) -> QuoteChain:
         raise FormatError("the CBOE file has no 'Calls,Last Sale,...,Puts,...' header in its first lines")
     if not lines[header_idx].startswith("Calls,"):
         header_idx -= 1
-    name, file_spot, file_time = _header_spot_time(lines, max(header_idx, 0), modern=False)
+    head = _read_head(lines, max(header_idx, 0), modern=False)
     rows: list[dict] = []
     skipped: list[tuple[int, str]] = []
     for lineno, fields in enumerate(csv_rows(lines[header_idx + 1:]), start=header_idx + 2):
@@ -199,15 +328,14 @@ def _read_old(lines: list[str], *, spot, asof) -> QuoteChain:
             rows.append({"root": root, "expiry": pd.Timestamp(expiry), "strike": strike, "cp": cp,
                          "bid": bid, "ask": ask, "last": last if last > 0 else np.nan,
                          "volume": vol, "open_interest": oi, "symbol": label[label.find("(") + 1: label.rfind(")")]})
-    return _finish(rows, name=name, file_spot=file_spot, file_time=file_time, spot=spot, asof=asof,
-                   layout="old", skipped=skipped)
+    return _finish(rows, head=head, spot=spot, asof=asof, layout="old", skipped=skipped)
 
 
 def _read_modern(lines: list[str], *, spot, asof) -> QuoteChain:
     header_idx = next((i for i, line in enumerate(lines[:12]) if _is_modern_header(line)), None)
     if header_idx is None:
         raise FormatError("the CBOE file has no 'Expiration Date,Calls,...,Strike,Puts,...' header in its first lines")
-    name, file_spot, file_time = _header_spot_time(lines, header_idx, modern=True)
+    head = _read_head(lines, header_idx, modern=True)
     header = [h.strip('"') for h in csv_rows([lines[header_idx].strip()])[0]]
     try:
         k_col = header.index("Strike")
@@ -221,6 +349,8 @@ def _read_modern(lines: list[str], *, spot, asof) -> QuoteChain:
         if need not in c_fields or need not in p_fields:
             raise FormatError(f"the CBOE header lacks the column {need!r} for calls or puts")
     e_col = header.index("Expiration Date")
+    want = ("Last Sale", "Bid", "Ask", "Volume", "Open Interest", "IV")
+    sides = ((1, c_col, [c_fields.get(h) for h in want]), (-1, p_col, [p_fields.get(h) for h in want]))
     rows: list[dict] = []
     skipped: list[tuple[int, str]] = []
     exp_cache: dict[str, pd.Timestamp | None] = {}
@@ -238,7 +368,8 @@ def _read_modern(lines: list[str], *, spot, asof) -> QuoteChain:
                 exp_cache[etext] = None
         col_exp = exp_cache[etext]
         strike_col = number(fields[k_col])
-        for side, sym_col, cols in ((1, c_col, c_fields), (-1, p_col, p_fields)):
+        n_f = len(fields)
+        for side, sym_col, idx in sides:
             sym = fields[sym_col]
             if not sym:
                 continue
@@ -257,18 +388,11 @@ def _read_modern(lines: list[str], *, spot, asof) -> QuoteChain:
             if np.isfinite(strike_col) and abs(strike_col - strike) > 1e-6:
                 skipped.append((lineno, f"{sym!r}: strike {strike} differs from the row's {strike_col}"))
                 continue
-
-            def get(h, _f=fields, _c=cols):
-                i = _c.get(h)
-                return number(_f[i]) if i is not None and i < len(_f) else np.nan
-
-            last = get("Last Sale")
+            last, bid, ask, vol, oi, iv = (number(fields[i]) if i is not None and i < n_f else np.nan for i in idx)
             rows.append({"root": root, "expiry": exp, "strike": strike, "cp": cp,
-                         "bid": get("Bid"), "ask": get("Ask"), "last": last if last > 0 else np.nan,
-                         "volume": get("Volume"), "open_interest": get("Open Interest"),
-                         "vendor_iv": get("IV"), "symbol": sym})
-    return _finish(rows, name=name, file_spot=file_spot, file_time=file_time, spot=spot, asof=asof,
-                   layout="modern", skipped=skipped)
+                         "bid": bid, "ask": ask, "last": last if last > 0 else np.nan,
+                         "volume": vol, "open_interest": oi, "vendor_iv": iv, "symbol": sym})
+    return _finish(rows, head=head, spot=spot, asof=asof, layout="modern", skipped=skipped)
 
 
 _INDEX_NAMES = {"SPX": "S&P 500 Index", "NDX": "Nasdaq 100 Index", "RUT": "Russell 2000 Index",

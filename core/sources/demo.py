@@ -3,7 +3,7 @@
 Clearly labelled synthetic (``chain.source == "demo"``, ``meta["label"]``). Implied vols come from a
 known arbitrage-free power-law SSVI surface (Gatheral & Jacquier 2014; ``core.surface.ssvi``), so every
 later step has a ground truth: exact forwards ``F = S e^{(r-q)T}``, ``D = e^{-rT}`` and the closed-form
-Dupire local vol (``ssvi_local_vol``). The quotes look like a real index chain: weeklies, monthlies
+Dupire local vol (Gatheral's formula on it). The quotes look like a real index chain: weeklies, monthlies
 (third Fridays) and a quarterly, PM-settled; strikes on a tick grid that widens with expiry, covering
 about +-3.5 standard deviations; bid/ask set in vol terms around the true vol (wider in the wings),
 converted to prices and rounded outward to the price tick (0.05 under 3.00, else 0.10), so the true
@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from core.black import black_price
+from core.calendar import market_time, session_on_or_before
 from core.forwards import Forwards
 from core.quotes import QuoteChain, make_quotes, to_utc
 from core.surface.ssvi import SSVISurface, ThetaParametric
@@ -44,29 +45,15 @@ def third_friday(year: int, month: int) -> _dt.date:
 
 
 def _last_business_day(year: int, month: int) -> _dt.date:
+    """The last NYSE session of a month (``core.calendar``: weekends and exchange holidays skipped)."""
     nxt = _dt.date(year + month // 12, month % 12 + 1, 1)
-    d = nxt - _dt.timedelta(days=1)
-    while d.weekday() >= 5:
-        d -= _dt.timedelta(days=1)
-    return d
-
-
-def _us_holiday(d: _dt.date) -> bool:
-    """Fixed-date NYSE holidays as observed (New Year, Juneteenth, Independence Day, Christmas)."""
-    for month, day in ((1, 1), (6, 19), (7, 4), (12, 25)):
-        h = _dt.date(d.year, month, day)
-        obs = h - _dt.timedelta(days=1) if h.weekday() == 5 else h + _dt.timedelta(days=1) if h.weekday() == 6 else h
-        if d == obs:
-            return True
-    return False
+    return session_on_or_before(nxt - _dt.timedelta(days=1))
 
 
 def _business_day_before(d: _dt.date) -> _dt.date:
-    """``d`` itself, or the last business day before it when it is a weekend or holiday
-    (an expiry falling on an exchange holiday moves to the day before)."""
-    while d.weekday() >= 5 or _us_holiday(d):
-        d -= _dt.timedelta(days=1)
-    return d
+    """``d`` itself, or the last NYSE session before it when it is a weekend or exchange holiday
+    (an expiry falling on a holiday moves to the session before; ``core.calendar``, Good Friday included)."""
+    return session_on_or_before(d)
 
 
 def demo_expiries(asof_date: _dt.date) -> list[_dt.date]:
@@ -171,10 +158,11 @@ def demo_chain(seed: int = 7, asof: Any = None) -> QuoteChain:
     surface, S, r, q = model["surface"], model["spot"], model["r"], model["q"]
     asof_utc = to_utc(DEFAULT_ASOF if asof is None else asof)
     asof_ny = asof_utc.tz_convert("America/New_York")
+    clock = market_time(asof_utc)   # T runs from the time the prices were made (core.quotes, make_quotes)
     frames = []
     for e in demo_expiries(asof_ny.date()):
         exp_time = pd.Timestamp(_dt.datetime(e.year, e.month, e.day, 16, 0)).tz_localize("America/New_York")
-        T = (exp_time.tz_convert("UTC") - asof_utc).total_seconds() / (365.0 * 86400.0)
+        T = (exp_time.tz_convert("UTC") - clock).total_seconds() / (365.0 * 86400.0)
         F = S * np.exp((r - q) * T)
         atm = float(surface.implied_vol(0.0, T))
         sd = atm * np.sqrt(T)

@@ -90,7 +90,7 @@ class SnapshotInfo:
         return f"{self.underlying} {when} ({tail})"
 
 
-def _jsonable(meta: Any) -> tuple[dict, list[str]]:
+def _split_meta(meta: Any) -> tuple[dict, list[str]]:
     """The entries of ``meta`` that survive JSON (others are named in the second value)."""
     out, dropped = {}, []
     for k, v in dict(meta or {}).items():
@@ -158,7 +158,7 @@ class SnapshotStore:
         asof = pd.Timestamp(chain.asof)
         asof = asof.tz_localize("UTC") if asof.tzinfo is None else asof.tz_convert("UTC")
         body = _body(chain)
-        meta, dropped = _jsonable(chain.meta)
+        meta, dropped = _split_meta(chain.meta)
         header = {
             "underlying": str(chain.underlying), "asof": asof.isoformat(), "source": str(chain.source),
             "spot": None if chain.spot is None else float(chain.spot), "spot_time": _iso(chain.spot_time),
