@@ -18,8 +18,11 @@ import time
 import traceback
 from pathlib import Path
 
+import numpy as np
+
 import bench
 from bench.common import ROW_KEYS, format_table, machine_info
+from core.export import jsonable
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 _ROWS_MARK = "<!-- bench-rows:"
@@ -53,12 +56,12 @@ def run_module(name: str, quick: bool) -> tuple[list[dict], float]:
     return rows, seconds
 
 
-def _jsonable(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
-    if hasattr(v, "item"):  # numpy scalars
-        return _jsonable(v.item())
-    return v
+def _tag_nonfinite(v):
+    """A row value for the saved JSON: ``core.export.jsonable``, except that NaN and +-inf are kept as
+    the strings ``"nan"``, ``"inf"``, ``"-inf"`` (``_unjson`` reads them back; JSON has no such numbers)."""
+    if isinstance(v, (float, np.floating)) and not math.isfinite(v):
+        return str(float(v))
+    return jsonable(v)
 
 
 def _unjson(v):
@@ -100,7 +103,7 @@ def render(rows: list[dict], info: dict, quick: bool) -> str:
         f"- load average at the start: {info.get('load', '?')} (other processes share the CPUs: wall times)",
         "",
     ]
-    payload = json.dumps([{k: _jsonable(v) for k, v in r.items()} for r in rows])
+    payload = json.dumps([{k: _tag_nonfinite(v) for k, v in r.items()} for r in rows])
     return "\n".join(head) + "\n" + format_table(rows) + "\n\n" + f"{_ROWS_MARK} {payload} -->\n"
 
 

@@ -20,11 +20,12 @@ import math
 
 import numpy as np
 
-from bench.common import NO_PEER, best_of, ratio, row
+from bench.common import NO_PEER, best_of, format_table, ratio, row
 from core.forwards import Forwards
 from core.localvol import local_vol_grid, price_dupire
 from core.seeds import DupireLocalVol, ImpliedVolSurface, generate_market_surface
-from core.surface.ssvi import SSVISurface, ThetaParametric, ssvi_local_vol
+from core.surface.ssvi import SSVISurface, ThetaParametric
+from tests.reference import ssvi_local_vol_reference
 
 DAYS = np.array([30, 61, 91, 182, 273, 365, 456, 547, 730])
 DEMO = dict(rho=-0.65, eta=1.1, gamma=0.4, v0=0.15**2, v_inf=0.20**2, kappa=1.5)
@@ -106,13 +107,13 @@ def run(quick: bool = False) -> list[dict]:
     Kf = S * np.linspace(0.6, 1.45, 60)
     Tf = np.linspace(T[0], T[-1], 50)
     Ff = S * np.exp((r - q) * Tf)
-    truth = ssvi_local_vol(m.model, np.log(Kf[None, :] / Ff[:, None]), Tf[:, None])
+    truth = ssvi_local_vol_reference(m.model, np.log(Kf[None, :] / Ff[:, None]), Tf[:, None])
     box = (Kf[None, :] / Ff[:, None] >= 0.7) & (Kf[None, :] / Ff[:, None] <= 1.3)
     t_fit, dup = best_of(lambda: DupireLocalVol(ImpliedVolSurface(K, T, iv, S, r, q)), repeat=1 if quick else 3)
     o_mx, o_med, _ = _err(dup.local_vol_surface(Kf, Tf), truth, box)
     # the seeds' methods only answer on their own grid nodes
     F = S * np.exp((r - q) * T)
-    truth_n = ssvi_local_vol(m.model, np.log(K[None, :] / F[:, None]), T[:, None])
+    truth_n = ssvi_local_vol_reference(m.model, np.log(K[None, :] / F[:, None]), T[:, None])
     box_n = (K[None, :] / F[:, None] >= 0.7) & (K[None, :] / F[:, None] <= 1.3)
     naive = {}
     for meth in ("price-fd", "price-spline"):
@@ -135,6 +136,4 @@ def run(quick: bool = False) -> list[dict]:
 
 
 if __name__ == "__main__":  # pragma: no cover - manual run
-    from bench.common import format_table
-
     print(format_table(run(quick=True)))

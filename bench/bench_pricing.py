@@ -23,10 +23,11 @@ import numpy as np
 from bench.common import best_of, ratio, row
 from core.black import implied_vol
 from core.forwards import Forwards
-from core.pricing._lv import T_MIN
+from core.localvol import T_MIN
 from core.pricing.mc import local_vol_mc
 from core.pricing.pde import forward_dupire
-from core.surface.ssvi import SSVISurface, ThetaParametric, ssvi_local_vol
+from core.surface.ssvi import SSVISurface, ThetaParametric
+from tests.reference import ssvi_local_vol_reference
 
 SSVI = SSVISurface(rho=-0.7, eta=1.0, gamma=0.4, theta_curve=ThetaParametric(0.04, 0.06, 2.0))
 S0, R, Q = 100.0, 0.03, 0.01
@@ -35,7 +36,7 @@ S0, R, Q = 100.0, 0.03, 0.01
 def _lv(fw):
     def lv(K, t):
         t = np.maximum(np.asarray(t, float), T_MIN)
-        return np.clip(ssvi_local_vol(SSVI, np.log(np.asarray(K, float) / fw.F(t)), t), 0.01, 5.0)
+        return np.clip(ssvi_local_vol_reference(SSVI, np.log(np.asarray(K, float) / fw.F(t)), t), 0.01, 5.0)
     return lv
 
 

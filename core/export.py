@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from core.errors import InputError
+
 #: first characters that make a spreadsheet cell a formula (OWASP), plus the full-width forms some
 #: East-Asian spreadsheet locales fold to them, and a line feed (some importers split on it)
 FORMULA_TRIGGERS = frozenset("=+-@\t\r\n\uff1d\uff0b\uff0d\uff20")
@@ -78,8 +80,6 @@ def sanitise_frame(df: pd.DataFrame, *, index: bool = False) -> pd.DataFrame:
     ``index=True`` turns the index into leading column(s) first.
     """
     if not isinstance(df, pd.DataFrame):
-        from core.errors import InputError
-
         raise InputError(f"safe_csv needs a pandas DataFrame, got {type(df).__name__}")
     out = df.reset_index() if index else df.copy()
     cols = []
@@ -120,9 +120,15 @@ def safe_csv(df: pd.DataFrame, *, index: bool = False, float_format: str | None 
     return text.encode("utf-8", errors="replace")
 
 
-def _jsonable(obj: Any, _depth: int = 0) -> Any:
+def jsonable(obj: Any, _depth: int = 0) -> Any:
+    """``obj`` as plain JSON values (the project's one JSON conversion; ``to_json_bytes`` documents it).
+
+    NaN and +-inf become ``None``; numpy scalars and arrays, pandas objects, dates and times,
+    timedeltas (seconds), sets (sorted lists), dataclasses (dicts) and paths are converted; dict keys
+    become strings; anything else becomes ``str(obj)``. ``ValueError`` beyond 200 levels of nesting.
+    """
     if _depth > 200:
-        raise ValueError("to_json_bytes: object nested more than 200 levels deep (a cycle?)")
+        raise ValueError("jsonable: object nested more than 200 levels deep (a cycle?)")
     d = _depth + 1
     if obj is None or isinstance(obj, (bool, str)):
         return obj
@@ -134,7 +140,7 @@ def _jsonable(obj: Any, _depth: int = 0) -> Any:
         v = float(obj)
         return v if math.isfinite(v) else None
     if isinstance(obj, (complex, np.complexfloating)):
-        return [_jsonable(obj.real), _jsonable(obj.imag)]
+        return [jsonable(obj.real), jsonable(obj.imag)]
     if obj is pd.NaT or obj is pd.NA:
         return None
     if isinstance(obj, (pd.Timestamp, _dt.datetime, _dt.date, _dt.time)):
@@ -146,36 +152,36 @@ def _jsonable(obj: Any, _depth: int = 0) -> Any:
     if isinstance(obj, np.timedelta64):
         return None if np.isnat(obj) else pd.Timedelta(obj).total_seconds()
     if isinstance(obj, dict):
-        return {_key(k): _jsonable(v, d) for k, v in obj.items()}
+        return {_key(k): jsonable(v, d) for k, v in obj.items()}
     if isinstance(obj, pd.DataFrame):
-        return [_jsonable(r, d) for r in obj.to_dict(orient="records")]
+        return [jsonable(r, d) for r in obj.to_dict(orient="records")]
     if isinstance(obj, pd.Series):
-        return _jsonable(obj.tolist(), d)
+        return jsonable(obj.tolist(), d)
     if isinstance(obj, pd.Index):
-        return _jsonable(obj.tolist(), d)
+        return jsonable(obj.tolist(), d)
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist(), d)
+        return jsonable(obj.tolist(), d)
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v, d) for v in obj]
+        return [jsonable(v, d) for v in obj]
     if isinstance(obj, (set, frozenset)):
-        items = [_jsonable(v, d) for v in obj]
+        items = [jsonable(v, d) for v in obj]
         try:
             return sorted(items)
         except TypeError:
             return sorted(items, key=repr)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _jsonable(getattr(obj, f.name), d) for f in dataclasses.fields(obj)}
+        return {f.name: jsonable(getattr(obj, f.name), d) for f in dataclasses.fields(obj)}
     if isinstance(obj, PurePath):
         return str(obj)
     if isinstance(obj, (bytes, bytearray)):
         return bytes(obj).decode("utf-8", errors="replace")
     if isinstance(obj, np.generic):
-        return _jsonable(obj.item(), d)
+        return jsonable(obj.item(), d)
     return str(obj)
 
 
 def _key(k: Any) -> str:
-    v = _jsonable(k)
+    v = jsonable(k)
     return v if isinstance(v, str) else json.dumps(v)
 
 
@@ -187,7 +193,7 @@ def to_json_bytes(obj: Any, *, indent: int | None = 2) -> bytes:
     timedeltas (seconds), sets (sorted lists), dataclasses (dicts) and paths are converted; dict keys
     become strings; anything else is written as ``str(obj)``.
     """
-    return json.dumps(_jsonable(obj), indent=indent, allow_nan=False, ensure_ascii=False).encode(
+    return json.dumps(jsonable(obj), indent=indent, allow_nan=False, ensure_ascii=False).encode(
         "utf-8", errors="replace")
 
 

@@ -1,6 +1,6 @@
-"""Dupire local volatility on a strike x expiry grid, with clip bands and per-cell flags.
+"""Dupire local volatility: Gatheral's formula, the clip band and its fallback, grids and callables.
 
-The default method is Gatheral's formula in total implied variance with the surface's analytic
+The one home of local vol. Gatheral's formula in total implied variance with the surface's analytic
 derivatives (Gatheral 2006, eq. 1.10; MATH.md "Dupire"):
 
     sigma_loc^2(y, T) = w_T / g(y, T),   g = butterfly_g(y, w, w_y, w_yy),   y = ln(K / F_T)
@@ -17,18 +17,28 @@ by central finite differences (``"price-fd"``, seed 000) or through a bicubic in
 (``-d ln D/dT`` and ``r_T - d ln F/dT``), equal to the constant ``r``, ``q`` of the seeds when rates
 are flat; ``Forwards.rates`` gives the averages.
 
-Clip band and fallback: cells where local variance is undefined (``g <= 0``: butterfly, or
-``w_T < 0``: calendar; for the price methods ``C_KK <= 0`` or a negative numerator) have
-``local_vol_raw = NaN`` and ``local_vol`` = the cell's implied vol clipped into the band (the seeds'
-spline method falls back to implied vol the same way). Finite raw values outside ``[lo, hi]`` are
-clipped. Every such cell is flagged; the raw value is always kept beside the clipped one.
+Clip band and fallback (one rule, ``clip_local_vol``; default band ``DEFAULT_CLIP``): local variance
+is undefined where ``g <= 0`` (butterfly) or ``w_T < 0`` (calendar) (for the price methods
+``C_KK <= 0`` or a negative numerator); there the raw local vol is NaN. The clipped local vol is
+
+    clip(raw, lo, hi)   where raw is finite,
+    clip(iv,  lo, hi)   elsewhere (the cell's implied vol stands in, as in the seeds' spline method),
+    lo                  where the implied vol is NaN too (nothing is known there; flagged).
+
+Every clipped or undefined cell is flagged in ``LocalVolResult``; the raw value is kept beside the
+clipped one. The pricers read local vol through callables ``lv(K, T)`` built here: on a surface
+(``local_vol_from_surface``), on a table (``GridLocalVol``, bilinear in ``(K, T)``, flat beyond it),
+or constant (``constant_local_vol``).
 """
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from scipy.interpolate import RectBivariateSpline
 from scipy.special import ndtr
 
 from core.black import black_price
@@ -37,7 +47,36 @@ from core.surface.base import Derivatives, VolSurface, butterfly_g
 
 METHODS = ("gatheral", "price-fd", "price-spline")
 FLAGS = ("clipped_low", "clipped_high", "butterfly", "calendar", "extrapolated")
+#: the default clip band ``(lo, hi)`` for local vol, in vol units (2% to 200%): the pipeline's
+#: ``Settings``, the command line, the seeds' API and every pricing callable use this one default
+DEFAULT_CLIP = (0.02, 2.0)
+#: below this ``T`` (years, about 30 minutes) a pricing callable evaluates the surface at ``T_MIN``:
+#: ``w -> 0`` makes Gatheral's formula 0/0 at ``T = 0``, and one half-hour of variance is immaterial
+T_MIN = 1.0 / (365.0 * 48.0)
 _SQRT_2PI = np.sqrt(2.0 * np.pi)
+
+
+def check_clip(clip) -> tuple[float, float]:
+    """The clip band as floats ``(lo, hi)``; ``InputError`` unless ``0 <= lo < hi < inf`` (vol units)."""
+    try:
+        lo, hi = (float(c) for c in clip)
+    except (TypeError, ValueError):
+        raise InputError(f"clip band must be a pair (lo, hi) of vols, e.g. (0.05, 1.5) for 5%-150%; "
+                         f"got {clip!r}") from None
+    if not (0.0 <= lo < hi and math.isfinite(hi)):
+        raise InputError(f"clip band must satisfy 0 <= lo < hi < inf (vol units, e.g. (0.05, 1.5)); got {clip!r}")
+    return lo, hi
+
+
+def clip_local_vol(raw, iv, clip):
+    """The clip-and-fallback rule (module docstring): ``clip(raw)`` where ``raw`` is finite, else
+    ``clip(iv)``, else ``lo``. ``raw`` local vol and ``iv`` implied vol broadcast; ``clip`` a checked
+    ``(lo, hi)``. Returns an array, finite everywhere."""
+    lo, hi = clip
+    raw = np.asarray(raw, dtype=float)
+    iv = np.asarray(iv, dtype=float)
+    stand_in = np.where(np.isnan(iv), lo, iv)
+    return np.clip(np.where(np.isfinite(raw), raw, stand_in), lo, hi)
 
 
 def gatheral_local_variance(y, d: Derivatives):
@@ -100,8 +139,6 @@ def price_dupire(strikes, T, iv, F, D, r, q, *, method="price-fd"):
         C_K = np.gradient(C, K, axis=1) if nK >= 2 else np.full(C.shape, np.nan)
         C_KK = _second_diff(C, K)
     elif method == "price-spline":
-        from scipy.interpolate import RectBivariateSpline
-
         if nT < 2 or nK < 3:
             raise InputError("method='price-spline' needs at least 2 expiries and 3 strikes")
         sp = RectBivariateSpline(T, K, np.nan_to_num(C), kx=min(3, nT - 1), ky=min(3, nK - 1), s=0)
@@ -172,13 +209,12 @@ class LocalVolResult:
         return pd.DataFrame(cols)
 
     def interpolator(self, *, raw: bool = False):
-        """A fast vectorised ``sigma(K, T)``: bilinear in ``(ln K, T)`` on this grid, flat beyond it.
+        """A fast vectorised ``sigma(K, T)`` on this grid (``GridLocalVol``: bilinear, flat beyond it).
 
         Uses the clipped ``local_vol`` (finite everywhere) unless ``raw=True``. ``K`` and ``T``
         broadcast (e.g. ``K`` per Monte Carlo path and a scalar ``T``); returns an array.
         """
-        grid = self.local_vol_raw if raw else self.local_vol
-        return BilinearLocalVol(np.log(self.K), self.T, np.asarray(grid, dtype=float))
+        return GridLocalVol(self.K, self.T, self.local_vol_raw if raw else self.local_vol)
 
     def fixed_local_vol_layout(self) -> dict:
         """The grid in QuantLib's ``FixedLocalVolSurface`` layout: ``times`` ``(nT,)``, ``strikes``
@@ -189,7 +225,7 @@ class LocalVolResult:
 
     def to_quantlib(self, reference_date=None, day_counter=None):
         """A QuantLib ``FixedLocalVolSurface`` of the clipped grid (needs QuantLib; constant extrapolation)."""
-        import QuantLib as ql
+        import QuantLib as ql  # optional dependency: only this export needs it
 
         lay = self.fixed_local_vol_layout()
         ref = reference_date or ql.Settings.instance().evaluationDate
@@ -198,40 +234,79 @@ class LocalVolResult:
 
 
 @dataclass(frozen=True, eq=False)
-class BilinearLocalVol:
-    """Bilinear interpolation of a local-vol grid in ``(x = ln K, T)``, flat extrapolation (for MC)."""
+class GridLocalVol:
+    """Local vol ``sigma(K, T)`` on a table: bilinear in ``(K, T)``, flat (clamped) beyond its edges.
 
-    x: np.ndarray
+    ``strikes`` ``(nK,)`` strictly increasing (price units), ``T`` ``(nT,)`` non-decreasing (years),
+    ``table`` ``(nT, nK)`` with ``table[j, i] = sigma(K_i, T_j)`` (the layout of ``LocalVolResult``;
+    NaN cells give NaN nearby). The one grid interpolator of the project: ``LocalVolResult.interpolator``,
+    the seeds' tables (``local_vol_from_grid``) and saved calibrations all read local vol through it.
+    """
+
+    strikes: np.ndarray
     T: np.ndarray
-    grid: np.ndarray        # (nT, nK)
+    table: np.ndarray
 
-    @staticmethod
-    def _locate(nodes, v):
-        if len(nodes) == 1:
-            z = np.zeros(v.shape, dtype=int)
-            return z, z, np.zeros(v.shape)
-        vc = np.clip(v, nodes[0], nodes[-1])
-        i = np.clip(np.searchsorted(nodes, vc, side="right") - 1, 0, len(nodes) - 2)
-        t = (vc - nodes[i]) / (nodes[i + 1] - nodes[i])
-        return i, i + 1, t
+    def __post_init__(self) -> None:
+        K = np.asarray(self.strikes, dtype=float)
+        T = np.asarray(self.T, dtype=float)
+        v = np.asarray(self.table, dtype=float)
+        if K.ndim != 1 or T.ndim != 1 or K.size == 0 or T.size == 0:
+            raise InputError("strikes and T must be non-empty 1-d arrays")
+        if v.shape != (T.size, K.size):
+            raise InputError(f"the local-vol table must have shape (len(T), len(strikes)) = {(T.size, K.size)}, "
+                             f"got {v.shape}")
+        if not (np.all(np.isfinite(K)) and np.all(np.isfinite(T))):
+            raise InputError("strikes and T must be finite")
+        if np.any(np.diff(K) <= 0) or np.any(np.diff(T) < 0):
+            raise InputError("strikes must be strictly increasing and T non-decreasing")
+        object.__setattr__(self, "strikes", K)
+        object.__setattr__(self, "T", T)
+        object.__setattr__(self, "table", v)
 
     def __call__(self, K, T):
-        """Local vol at strikes/levels ``K`` and times ``T`` (broadcast arrays)."""
+        """Local vol at strikes ``K`` and times ``T`` (broadcast arrays; a scalar ``T`` for all ``K`` is
+        the Monte Carlo case and takes a fast path)."""
         T = np.asarray(T, dtype=float)
         if T.ndim == 0:
-            # one time for all paths (the Monte Carlo case): blend two rows, then one np.interp
-            j0, j1, b = self._locate(self.T, T)
-            row = (1 - b) * self.grid[j0] + b * self.grid[j1]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                x = np.log(np.asarray(K, dtype=float))
-            return np.interp(x, self.x, row) if len(self.x) > 1 else np.full(x.shape, row[0])
+            j0, j1, b = _bracket(self.T, T)
+            row = (1.0 - b) * self.table[j0] + b * self.table[j1]
+            K = np.asarray(K, dtype=float)
+            return np.interp(K, self.strikes, row) if self.strikes.size > 1 else np.full(K.shape, row[0])
         K, T = np.broadcast_arrays(np.asarray(K, dtype=float), T)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            x = np.log(K)
-        i0, i1, a = self._locate(self.x, x)
-        j0, j1, b = self._locate(self.T, T)
-        G = self.grid
-        return ((1 - b) * ((1 - a) * G[j0, i0] + a * G[j0, i1]) + b * ((1 - a) * G[j1, i0] + a * G[j1, i1]))
+        i0, i1, a = _bracket(self.strikes, K)
+        j0, j1, b = _bracket(self.T, T)
+        G = self.table
+        return (1.0 - b) * ((1.0 - a) * G[j0, i0] + a * G[j0, i1]) + b * ((1.0 - a) * G[j1, i0] + a * G[j1, i1])
+
+
+def _bracket(nodes: np.ndarray, v):
+    """``(i0, i1, t)``: the nodes around ``v`` and the weight of ``i1`` (``v`` clamped to the nodes)."""
+    v = np.asarray(v, dtype=float)
+    if nodes.size == 1:
+        zero = np.zeros(v.shape, dtype=np.intp)
+        return zero, zero, np.zeros(v.shape)
+    vc = np.clip(v, nodes[0], nodes[-1])
+    i = np.clip(np.searchsorted(nodes, vc, side="right") - 1, 0, nodes.size - 2)
+    h = nodes[i + 1] - nodes[i]
+    t = np.where(h > 0, (vc - nodes[i]) / np.where(h > 0, h, 1.0), 0.0)   # repeated expiries: h = 0
+    return i, i + 1, t
+
+
+def local_vol_from_grid(strikes, expiries, local_vol_surface) -> GridLocalVol:
+    """``GridLocalVol`` from a table in the seeds' layout ``local_vol_surface[i, j] = sigma(K_i, T_j)``,
+    shape ``(nK, nT)`` (as ``local_vol_mc`` takes it); at least 2 strikes; finite, non-negative values."""
+    K = np.asarray(strikes, dtype=float)
+    T = np.asarray(expiries, dtype=float)
+    v = np.asarray(local_vol_surface, dtype=float)
+    if K.ndim != 1 or T.ndim != 1 or v.shape != (K.size, T.size):
+        raise InputError(f"local_vol_surface must have shape (len(strikes), len(expiries)) = "
+                         f"({K.size}, {T.size}), got {v.shape}")
+    if K.size < 2 or T.size < 1:
+        raise InputError("a local-vol table needs at least 2 strikes and 1 expiry")
+    if not np.all(np.isfinite(v)) or np.any(v < 0):
+        raise InputError("local_vol_surface must be finite and non-negative; fill holes first")
+    return GridLocalVol(K, T, v.T)
 
 
 def _as_grid_axis(name, v):
@@ -256,27 +331,22 @@ def _counts(flags: dict, n: int) -> dict:
     return out
 
 
-def local_vol_grid(surface: VolSurface, forwards, strikes, T, *, clip=(0.01, 3.0), method="gatheral") -> LocalVolResult:
+def local_vol_grid(surface: VolSurface, forwards, strikes, T, *, clip=DEFAULT_CLIP,
+                   method="gatheral") -> LocalVolResult:
     """Dupire local vol of ``surface`` on the grid ``T`` ``(nT,)`` years x ``strikes`` ``(nK,)``.
 
     ``forwards``: a ``core.forwards.Forwards`` (``F(T)``, ``D(T)``; rates for the price methods);
-    ``y = ln(K / F(T))`` per cell. ``clip`` ``(lo, hi)``: the band for the clipped ``local_vol``.
+    ``y = ln(K / F(T))`` per cell. ``clip`` ``(lo, hi)``: the band for the clipped ``local_vol``
+    (``clip_local_vol``'s rule).
     ``method``: ``"gatheral"`` (analytic, default), ``"price-fd"`` or ``"price-spline"`` (the seeds'
     naive methods; see the module docstring). Returns a ``LocalVolResult`` (arrays ``(nT, nK)``).
     """
-    import time
-
     t0 = time.perf_counter()
     if method not in METHODS:
         raise InputError(f"method must be one of {METHODS}, got {method!r}")
     K = _as_grid_axis("strikes", strikes)
     T = _as_grid_axis("T", T)
-    try:
-        lo, hi = (float(c) for c in clip)
-    except (TypeError, ValueError):
-        raise InputError(f"clip must be a pair (lo, hi) of vols, got {clip!r}") from None
-    if not (0 <= lo < hi):
-        raise InputError(f"clip must satisfy 0 <= lo < hi, got {clip!r}")
+    lo, hi = check_clip(clip)
     F = np.asarray(forwards.F(T), dtype=float)
     D = np.asarray(forwards.D(T), dtype=float)
     Y = np.log(K[None, :] / F[:, None])
@@ -317,10 +387,9 @@ def local_vol_grid(surface: VolSurface, forwards, strikes, T, *, clip=(0.01, 3.0
     finite = np.isfinite(raw)
     clipped_low = finite & (raw < lo)
     clipped_high = finite & (raw > hi)
-    fallback = np.clip(np.where(np.isfinite(iv), iv, lo), lo, hi)
-    local = np.where(finite, np.clip(np.where(finite, raw, lo), lo, hi), fallback)
+    local = clip_local_vol(raw, iv, (lo, hi))
 
-    Tq = getattr(surface, "T_quoted", (0.0, np.inf))
+    Tq = surface.T_quoted
     ylo, yhi = surface.y_quoted(T)
     ylo, yhi = np.broadcast_to(ylo, T.shape), np.broadcast_to(yhi, T.shape)
     tol = 1e-9
@@ -334,25 +403,67 @@ def local_vol_grid(surface: VolSurface, forwards, strikes, T, *, clip=(0.01, 3.0
                           seconds=time.perf_counter() - t0, **flags)
 
 
-def local_vol_at(surface: VolSurface, forwards, K, T, *, clip=None):
-    """Gatheral local vol at scattered points ``(K, T)`` (broadcast arrays; strikes in price units).
-
-    ``clip=None``: the raw value (NaN where undefined). ``clip=(lo, hi)``: clipped into the band,
-    undefined points falling back to the implied vol (as ``local_vol_grid``).
-    """
+def _raw_and_iv(surface: VolSurface, forwards, K, T):
+    """Raw Gatheral local vol (NaN where undefined) and implied vol at broadcast ``(K, T)``."""
     K, T = np.broadcast_arrays(np.asarray(K, dtype=float), np.asarray(T, dtype=float))
     with np.errstate(divide="ignore", invalid="ignore"):
         y = np.log(K / np.asarray(forwards.F(T), dtype=float))
-    d = surface.derivatives(y, T)
-    var, _ = gatheral_local_variance(y, d)
-    raw = np.sqrt(var)
-    if clip is None:
-        return raw
-    lo, hi = (float(c) for c in clip)
-    with np.errstate(divide="ignore", invalid="ignore"):
+        d = surface.derivatives(y, T)
+        var, _ = gatheral_local_variance(y, d)
         iv = np.sqrt(np.maximum(d.w, 0.0) / T)
-    fallback = np.clip(np.where(np.isfinite(iv), iv, lo), lo, hi)
-    return np.where(np.isfinite(raw), np.clip(np.where(np.isfinite(raw), raw, lo), lo, hi), fallback)
+    return np.sqrt(var), iv
+
+
+def local_vol_at(surface: VolSurface, forwards, K, T, *, clip=None):
+    """Gatheral local vol at scattered points ``(K, T)`` (broadcast arrays; strikes in price units).
+
+    ``clip=None``: the raw value (NaN where undefined). ``clip=(lo, hi)``: ``clip_local_vol``'s rule.
+    """
+    raw, iv = _raw_and_iv(surface, forwards, K, T)
+    return raw if clip is None else clip_local_vol(raw, iv, check_clip(clip))
+
+
+class SurfaceLocalVol:
+    """The pricers' local vol: a vectorised callable ``sigma_loc(K, T)`` of a surface and its forwards.
+
+    Gatheral's formula at ``y = ln(K / F_T)`` with the clip-and-fallback rule (``clip_local_vol``);
+    ``T`` below ``T_MIN`` is read at ``T_MIN``. ``n_fallback`` counts the points where local variance
+    was undefined and the implied vol stood in, over the callable's life (a diagnostic).
+    """
+
+    def __init__(self, surface: VolSurface, forwards, clip=DEFAULT_CLIP):
+        self.surface = surface
+        self.forwards = forwards
+        self.clip = check_clip(clip)
+        self.n_fallback = 0
+
+    def __call__(self, K, T):
+        raw, iv = _raw_and_iv(self.surface, self.forwards, K, np.maximum(np.asarray(T, dtype=float), T_MIN))
+        self.n_fallback += int(np.count_nonzero(~np.isfinite(raw)))
+        return clip_local_vol(raw, iv, self.clip)
+
+
+def local_vol_from_surface(surface: VolSurface, forwards, clip=DEFAULT_CLIP) -> SurfaceLocalVol:
+    """Vectorised local vol ``lv(K, T)`` of an implied surface (Gatheral's formula, clipped).
+
+    ``surface`` a ``VolSurface`` (analytic ``w, w_y, w_yy, w_T``); ``forwards`` a ``Forwards``
+    (``y = ln(K / F(T))``); ``clip`` ``(lo, hi)`` bounds on ``sigma_loc`` (annualised vol).
+    """
+    return SurfaceLocalVol(surface, forwards, clip)
+
+
+def constant_local_vol(sigma: float):
+    """``lv(K, T) = sigma`` everywhere (Black-Scholes as a local-vol model)."""
+    sigma = float(sigma)
+    if not (np.isfinite(sigma) and sigma > 0):
+        raise InputError(f"sigma must be positive, got {sigma!r}")
+
+    def lv(K, T):
+        K, T = np.broadcast_arrays(np.asarray(K, float), np.asarray(T, float))
+        return np.full(K.shape, sigma)
+
+    lv.sigma = sigma
+    return lv
 
 
 def local_vol_y(surface: VolSurface, y, T):

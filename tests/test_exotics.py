@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from core.black import black_price
 from core.errors import InputError
 from core.forwards import Forwards
-from core.pricing._lv import constant_local_vol, local_vol_from_surface
+from core.localvol import constant_local_vol, local_vol_from_surface
 from core.pricing.exotics import BARRIER_KINDS, barrier_price_bs, price_asian, price_barrier
 from core.surface.ssvi import SSVISurface, ThetaParametric
 

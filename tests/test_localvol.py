@@ -2,7 +2,7 @@
 
 References: Gatheral, *The Volatility Surface* (2006), eq. 1.10 (local variance ``w_T / g``);
 Dupire (1994) in prices; Breeden & Litzenberger (1978) for ``d2C/dK2``; Gatheral & Jacquier (2014)
-for SSVI and its closed-form local vol (``core.surface.ssvi.ssvi_local_vol``).
+for SSVI and its closed-form local vol (``tests.reference.ssvi_local_vol_reference``).
 """
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ from core.localvol import (
     price_dupire,
 )
 from core.surface.base import Derivatives, VolSurface
-from core.surface.ssvi import SSVISurface, ThetaParametric, ssvi_local_vol
+from core.surface.ssvi import SSVISurface, ThetaParametric
+from tests.reference import ssvi_local_vol_reference
 
 
 @dataclass(frozen=True)
@@ -81,13 +82,13 @@ def test_term_structure_only_gives_sqrt_dw_dT():
 
 
 def test_ssvi_analytic_matches_closed_form():
-    # core.surface.ssvi.ssvi_local_vol: the closed form of Gatheral & Jacquier's SSVI
+    # tests.reference.ssvi_local_vol_reference: the closed form of Gatheral & Jacquier's SSVI
     res = local_vol_grid(DEMO, FW, K_GRID, T_GRID, clip=(0.0, 10.0))
-    truth = ssvi_local_vol(DEMO, res.y, T_GRID[:, None])
+    truth = ssvi_local_vol_reference(DEMO, res.y, T_GRID[:, None])
     np.testing.assert_allclose(res.local_vol_raw, truth, rtol=1e-12)
     np.testing.assert_allclose(res.local_vol, truth, rtol=1e-12)
     # and through scattered points
-    np.testing.assert_allclose(local_vol_at(DEMO, FW, K_GRID[::7], 0.7), ssvi_local_vol(
+    np.testing.assert_allclose(local_vol_at(DEMO, FW, K_GRID[::7], 0.7), ssvi_local_vol_reference(
         DEMO, np.log(K_GRID[::7] / FW.F(0.7)), 0.7), rtol=1e-12)
 
 

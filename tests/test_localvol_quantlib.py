@@ -4,7 +4,7 @@
 References: CEV ``dS = sigma S^beta dW`` has local vol ``sigma S^(beta - 1)`` exactly (Cox 1975);
 QuantLib's ``AnalyticCEVEngine`` prices it in closed form (non-central chi-square; it treats the
 forward as CEV, so ``r = q = 0`` keeps spot and forward the same, MATH.md "Ground truths").
-SSVI closed form: Gatheral & Jacquier (2014), ``core.surface.ssvi.ssvi_local_vol``.
+SSVI closed form: Gatheral & Jacquier (2014), ``tests.reference.ssvi_local_vol_reference``.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from core.black import implied_vol
 from core.localvol import local_vol_grid
 from core.seeds import DupireLocalVol, ImpliedVolSurface, dupire_local_vol, generate_market_surface
 from core.surface.grid import surface_from_grid
-from core.surface.ssvi import ssvi_local_vol
+from tests.reference import ssvi_local_vol_reference
 
 ql = pytest.importorskip("QuantLib")
 pytestmark = pytest.mark.quantlib
@@ -130,7 +130,7 @@ def test_ssvi_bare_grid_side_by_side_with_quantlib():
     Kf = S * np.linspace(0.6, 1.45, 60)
     Tf = np.linspace(T[0], T[-1], 50)
     Ff = S * np.exp((r - q) * Tf)
-    truth = ssvi_local_vol(m.model, np.log(Kf[None, :] / Ff[:, None]), Tf[:, None])
+    truth = ssvi_local_vol_reference(m.model, np.log(Kf[None, :] / Ff[:, None]), Tf[:, None])
     box = (Kf[None, :] / Ff[:, None] >= 0.7) & (Kf[None, :] / Ff[:, None] <= 1.3)
     ql_lv = _ql_local_vol(K, DAYS, iv, S, r, q, Kf, Tf)
     ours = DupireLocalVol(ImpliedVolSurface(K, T, iv, S, r, q)).local_vol_surface(Kf, Tf)

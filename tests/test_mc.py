@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from core.black import black_price
 from core.errors import InputError
 from core.forwards import Forwards
-from core.pricing._lv import constant_local_vol, local_vol_from_grid, local_vol_from_surface, mc_grid
-from core.pricing.mc import local_vol_mc, mc_european, simulate_paths, time_grid
+from core.localvol import constant_local_vol, local_vol_from_grid, local_vol_from_surface
+from core.pricing.mc import local_vol_mc, mc_european, mc_grid, simulate_paths, time_grid
 from core.pricing.pde import forward_dupire
 from core.surface.ssvi import SSVISurface, ThetaParametric
 

@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 from core.black import black_price
 from core.errors import InputError
 from core.forwards import Forwards
-from core.pricing._lv import T_MIN, constant_local_vol, local_vol_from_surface
+from core.localvol import T_MIN, constant_local_vol, local_vol_from_surface
 from core.pricing.pde import forward_dupire, pde_convergence, reprice
-from core.surface.ssvi import SSVISurface, ThetaParametric, ssvi_local_vol
+from core.surface.ssvi import SSVISurface, ThetaParametric
+from tests.reference import ssvi_local_vol_reference
 
 # an equity-like SSVI, free of static arbitrage (gamma <= 1/2, eta (1 + |rho|) <= 2)
 SSVI = SSVISurface(rho=-0.7, eta=1.0, gamma=0.4, theta_curve=ThetaParametric(0.04, 0.06, 2.0))
@@ -28,7 +29,7 @@ MONEYNESS = np.linspace(0.7, 1.3, 25)
 def exact_lv(K, T):
     """SSVI's closed-form local vol (the ground truth)."""
     T = np.maximum(np.asarray(T, float), T_MIN)
-    return ssvi_local_vol(SSVI, np.log(np.asarray(K, float) / FW.F(T)), T)
+    return ssvi_local_vol_reference(SSVI, np.log(np.asarray(K, float) / FW.F(T)), T)
 
 
 def ssvi_quotes(surface=SSVI, fw=FW, T=EXPIRIES, m=MONEYNESS, half_spread_bp=50.0):

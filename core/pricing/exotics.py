@@ -22,8 +22,9 @@ import numpy as np
 from scipy.special import ndtr
 
 from core.errors import InputError
-from core.pricing._lv import constant_local_vol, mc_grid
-from core.pricing.mc import pair_stats, run_paths, time_grid
+from core.localvol import constant_local_vol
+from core.pricing.mc import mc_grid, pair_stats, run_paths, time_grid
+from core.pricing.pde import forward_dupire
 
 BARRIER_KINDS = ("up-and-out", "up-and-in", "down-and-out", "down-and-in")
 
@@ -186,8 +187,6 @@ class ExoticResult:
 
 def atm_implied_vol(lv, forwards, T: float, **grid) -> float:
     """ATM (``K = F_T``) Black implied vol of the local-vol model at ``T``, by one forward Dupire sweep."""
-    from core.pricing.pde import forward_dupire
-
     grid.setdefault("n_x", 301)
     grid.setdefault("n_t", 120)
     res = forward_dupire(lv, forwards, [T], **grid)

@@ -4,7 +4,7 @@ Each path carries ``z = ln(S_t / F(t))``; a step is the log-Euler step of MATH.m
 ``z += -1/2 sigma^2 dt + sigma sqrt(dt) Z``, ``sigma = sigma_loc(F(t) e^z, t)`` (Glasserman 2003,
 sect. 6.2). The carry ``r - q`` of every step comes from the ``ln F`` increments, so
 ``E[S_t] = F(t)`` holds exactly at every date (``e^z`` is a discrete martingale), whatever the rate
-curve. The local vol is tabulated once per step on a uniform ``z`` grid (``core.pricing._lv.MCGrid``):
+curve. The local vol is tabulated once per step on a uniform ``z`` grid (``MCGrid``):
 a lookup is an index computation and a linear interpolation for a whole block of paths; no scalar
 call per path. Paths are processed in cache-sized blocks. Antithetic pairs ``(Z, -Z)`` and, for
 vanillas, the terminal forward as a control variate (its mean is known exactly) reduce the variance;
@@ -13,13 +13,14 @@ standard errors are computed over antithetic pairs (independent).
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
-from core.errors import InputError
+from core.errors import ConvergenceWarning, InputError
 from core.forwards import Forwards
-from core.pricing._lv import MCGrid, local_vol_from_grid, mc_grid
+from core.localvol import T_MIN, local_vol_from_grid
 
 BLOCK = 16384
 
@@ -38,6 +39,74 @@ def time_grid(T: float, n_steps: int, extra=()) -> np.ndarray:
     # merge dates closer than a millionth of a step (rounding), keeping the requested ones
     keep = np.r_[True, np.diff(t) > 1e-9 * T / n_steps]
     return t[keep]
+
+
+@dataclass(frozen=True)
+class MCGrid:
+    """Local vol tabulated per Monte Carlo step on a uniform ``z = ln(S/F(t))`` grid.
+
+    ``times`` (n+1,) the simulation dates; ``z0``, ``dz``, ``nz`` the grid; ``vol`` (n, nz):
+    ``vol[k, j] = sigma_loc(F(t_k) e^{z0 + j dz}, t_k)``; ``slope`` (n, nz): ``vol[k, j+1] - vol[k, j]``
+    (last column 0) so that a lookup is ``vol[k, j] + frac * slope[k, j]``. Flat beyond the grid.
+    """
+
+    times: np.ndarray
+    z0: float
+    dz: float
+    nz: int
+    vol: np.ndarray
+    slope: np.ndarray
+    logF: np.ndarray
+
+    def lookup(self, k: int, z: np.ndarray, out: np.ndarray | None = None, work=None) -> np.ndarray:
+        """Local vol at step ``k`` for log-moneyness ``z`` (paths,), by index and lerp (no search)."""
+        u = np.empty_like(z) if work is None else work[0]
+        np.subtract(z, self.z0, out=u)
+        u *= 1.0 / self.dz
+        np.maximum(u, 0.0, out=u)
+        np.minimum(u, self.nz - 1.0, out=u)
+        i = u.astype(np.intp)
+        u -= i
+        out = np.empty_like(z) if out is None else out
+        # mode="clip": no bounds-check buffering (indices are in range already)
+        np.take(self.slope[k], i, out=out, mode="clip")
+        out *= u
+        out += np.take(self.vol[k], i, mode="clip")
+        return out
+
+
+def mc_grid(lv, forwards, times, *, nz: int = 801, width: float | None = None) -> MCGrid:
+    """Tabulate ``lv`` for Monte Carlo at each step start ``times[:-1]`` on a uniform ``z`` grid.
+
+    ``width``: half-width of the grid in ``z = ln(S/F)``; by default 8 ATM standard deviations at
+    the last date (at least 0.5, at most 6), beyond which the local vol is held flat. The local vol of
+    step ``k`` is read at ``t_k`` (left point: Euler), floored at ``T_MIN``.
+    """
+    times = np.asarray(times, dtype=float)
+    if times.ndim != 1 or times.size < 2 or np.any(np.diff(times) <= 0) or times[0] < 0:
+        raise InputError("times must be increasing, non-negative, at least two dates")
+    t_eval = np.maximum(times[:-1], T_MIN)
+    logF = np.log(forwards.F(times))
+    if width is None:
+        probe_t = np.linspace(t_eval[0], times[-1], 9)
+        s_atm = np.nanmax(np.asarray(lv(forwards.F(probe_t), probe_t), float))
+        if not np.isfinite(s_atm):
+            raise InputError("lv returned no finite value at the money; check the local-vol callable")
+        width = float(np.clip(8.0 * s_atm * np.sqrt(times[-1]), 0.5, 6.0))
+    z = np.linspace(-width, width, nz)
+    K = np.exp(logF[:-1, None] + z[None, :])
+    vol = np.asarray(lv(K, t_eval[:, None]), dtype=float)
+    bad = ~np.isfinite(vol) | (vol < 0)
+    if bad.any():
+        warnings.warn(f"local vol non-finite or negative at {int(bad.sum())} Monte Carlo grid points; "
+                      "replaced by the nearest finite value in z", ConvergenceWarning, stacklevel=2)
+        for k in np.nonzero(bad.any(axis=1))[0]:
+            good = ~bad[k]
+            vol[k] = np.interp(z, z[good], vol[k, good]) if good.any() else 0.2
+    vol = np.ascontiguousarray(vol)
+    slope = np.zeros_like(vol)
+    slope[:, :-1] = np.diff(vol, axis=1)
+    return MCGrid(times=times, z0=float(z[0]), dz=float(z[1] - z[0]), nz=nz, vol=vol, slope=slope, logF=logF)
 
 
 def _rng(seed) -> np.random.Generator:

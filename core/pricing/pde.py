@@ -28,8 +28,9 @@ from scipy.interpolate import CubicSpline
 from scipy.linalg import solve_banded
 
 from core.black import implied_vol
+from core.cleaning import use_mask
 from core.errors import ConvergenceWarning, InputError
-from core.pricing._lv import T_MIN
+from core.localvol import T_MIN
 
 
 def _x_grid(half_width_lo: float, half_width_hi: float, n_x: int, concentration: float,
@@ -343,7 +344,7 @@ def reprice(quotes: pd.DataFrame, lv, forwards, **grid) -> RepricingResult:
     bid = q["iv_bid"].to_numpy(float)
     ask = q["iv_ask"].to_numpy(float)
     q["inside"] = np.isfinite(iv) & (np.isnan(bid) | (iv >= bid - 1e-12)) & (np.isnan(ask) | (iv <= ask + 1e-12))
-    use = q["use"].to_numpy(bool) if "use" in q.columns else np.ones(len(q), bool)
+    use = use_mask(q)
     ok = use & np.isfinite(q["error_bp"].to_numpy(float))
     n_failed = int(np.count_nonzero(use & ~ok))
     err = np.abs(q["error_bp"].to_numpy(float))

@@ -14,6 +14,9 @@ import pandas as pd
 
 from core.errors import InputError
 from core.forwards import Forwards
+from core.localvol import GridLocalVol
+from core.pricing.exotics import price_asian, price_barrier
+from core.pricing.mc import mc_european
 
 
 def load_calibration(folder) -> tuple:
@@ -33,12 +36,10 @@ def load_calibration(folder) -> tuple:
     for col in ("T", "strike", "local_vol"):
         if col not in grid.columns:
             raise InputError(f"{d / 'local_vol.csv'} lacks the column {col!r}")
-    table = grid.pivot_table(index="strike", columns="T", values="local_vol")
+    table = grid.pivot_table(index="T", columns="strike", values="local_vol")
     if table.isna().any().any():
         raise InputError(f"{d / 'local_vol.csv'} has holes in its grid; re-run calibrate")
-    from core.pricing._lv import local_vol_from_grid
-
-    lv = local_vol_from_grid(table.index.to_numpy(float), table.columns.to_numpy(float), table.to_numpy(float))
+    lv = GridLocalVol(table.columns.to_numpy(float), table.index.to_numpy(float), table.to_numpy(float))
     fw = fw.rename(columns={"forward": "F", "discount": "D"})
     forwards = Forwards(table=fw, spot=summary.get("spot"))
     return lv, forwards, summary
@@ -50,9 +51,6 @@ def price_from_calibration(folder, *, kind: str, strike: float, expiry: float, c
                            n_steps: int = 252, seed: int = 1) -> dict:
     """Price ``kind`` in {call, put, barrier, asian} under the saved local vol; a JSON-able dict with the
     local-vol price, its standard error, the Black-Scholes price (ATM implied vol) and their difference."""
-    from core.pricing.exotics import price_asian, price_barrier
-    from core.pricing.mc import mc_european
-
     lv, forwards, summary = load_calibration(folder)
     sign = {"call": 1, "put": -1}.get(cp)
     if sign is None:

@@ -22,6 +22,9 @@ import pandas as pd
 from core.black import black_price
 from core.errors import InputError
 from core.forwards import Forwards
+from core.localvol import DEFAULT_CLIP, local_vol_grid
+from core.pricing.exotics import price_asian, price_barrier
+from core.pricing.pde import forward_dupire
 from core.surface.base import Derivatives, VolSurface
 
 SKEW_SCALINGS = ("flat", "sqrt")
@@ -75,7 +78,7 @@ class ShockedSurface(VolSurface):
     def __init__(self, base: VolSurface, scenario: Scenario):
         self.base, self.sc = base, scenario
         self.delta = np.log1p(scenario.spot_move) if scenario.sticky == "strike" else 0.0
-        self.T_quoted = getattr(base, "T_quoted", (0.0, np.inf))
+        self.T_quoted = base.T_quoted
         self.n_negative = 0
 
     def _shock(self, y, T):
@@ -156,40 +159,27 @@ class ScenarioResult:
 
 
 def _local_vol(surface, forwards, clip, strikes, expiries):
-    """The re-run local vol: ``core.localvol.local_vol_grid`` when present, else Gatheral on the surface."""
-    try:
-        from core.localvol import local_vol_grid  # written in parallel; optional here
-    except ImportError:
-        local_vol_grid = None
-    from core.pricing._lv import local_vol_from_surface
-
-    if local_vol_grid is not None:
-        try:
-            T_hi = float(np.max(expiries))
-            Tg = np.unique(np.r_[np.geomspace(1.0 / 365.0, T_hi, 120), np.asarray(expiries, float)])
-            F_hi = float(forwards.F(T_hi))
-            sd = 8.0 * float(np.sqrt(np.nanmax(surface.w(0.0, T_hi))))
-            Kg = F_hi * np.exp(np.linspace(-max(sd, 1.0), max(sd, 1.0), 321))
-            Kg = np.unique(np.r_[Kg, np.asarray(strikes, float)])
-            res = local_vol_grid(surface, forwards, Kg, Tg, clip=clip)
-            return res.interpolator(), "core.localvol.local_vol_grid"
-        except Exception as exc:  # noqa: BLE001 - the fallback is exact (same formula), say so
-            warnings.warn(f"local_vol_grid failed ({exc}); using Gatheral's formula on the surface directly",
-                          stacklevel=3)
-    return local_vol_from_surface(surface, forwards, clip), "core.pricing._lv.local_vol_from_surface"
+    """The re-run local vol: ``core.localvol.local_vol_grid`` on a grid (120 dates from one day to the
+    last expiry, 321 strikes over +-8 ATM standard deviations, plus the instruments' own), read through
+    its interpolator. Returns ``(lv, source label)``."""
+    T_hi = float(np.max(expiries))
+    Tg = np.unique(np.r_[np.geomspace(1.0 / 365.0, T_hi, 120), np.asarray(expiries, float)])
+    F_hi = float(forwards.F(T_hi))
+    sd = 8.0 * float(np.sqrt(np.nanmax(surface.w(0.0, T_hi))))
+    Kg = F_hi * np.exp(np.linspace(-max(sd, 1.0), max(sd, 1.0), 321))
+    Kg = np.unique(np.r_[Kg, np.asarray(strikes, float)])
+    res = local_vol_grid(surface, forwards, Kg, Tg, clip=clip)
+    return res.interpolator(), "core.localvol.local_vol_grid"
 
 
 def run_scenarios(surface: VolSurface, forwards: Forwards, scenarios, instruments: Instruments, *,
-                  clip=(0.01, 3.0), pde_grid: dict | None = None) -> ScenarioResult:
+                  clip=DEFAULT_CLIP, pde_grid: dict | None = None) -> ScenarioResult:
     """Apply each scenario to ``surface``/``forwards``, re-run local vol and prices; before/after tables.
 
     Parameters: ``surface`` the implied surface; ``forwards``; ``scenarios`` a list of ``Scenario``;
     ``instruments`` an ``Instruments``; ``clip`` local-vol bounds; ``pde_grid`` forwarded to
     ``forward_dupire``. The 'before' state is priced once.
     """
-    from core.pricing.exotics import price_asian, price_barrier
-    from core.pricing.pde import forward_dupire
-
     t0 = time.perf_counter()
     K = np.asarray(instruments.strikes, float).ravel()
     T = np.unique(np.asarray(instruments.expiries, float).ravel())

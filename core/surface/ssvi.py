@@ -117,11 +117,3 @@ class SSVISurface(VolSurface):
             "gamma_in_(0,1/2]": 0.0 < self.gamma <= 0.5,
             "eta(1+|rho|)<=2": self.eta * (1.0 + abs(self.rho)) <= 2.0 + 1e-12,
         }
-
-
-def ssvi_local_vol(surface: VolSurface, y, T):
-    """Exact Dupire local vol of an analytic surface by Gatheral's formula (MATH.md):
-    ``sigma_loc^2 = w_T / g(y, T)`` (``core.localvol.local_vol_y``). NaN where ``g <= 0`` or ``w_T < 0``."""
-    from core.localvol import local_vol_y
-
-    return local_vol_y(surface, y, T)
