@@ -4,15 +4,28 @@
 interpolates ``ln F`` and ``ln D`` linearly in ``T`` (piecewise-constant carry and rate), anchored at
 ``ln S`` and ``0`` at ``T = 0`` when the spot is known; flat carry beyond the last expiry.
 Estimation from put-call parity: ``implied_forwards`` (MATH.md, "Forward and discount").
+
+Cost is linear in quotes and expiries: the calls and puts of every expiry series are paired in one sort
+of the whole table (``_pairs_by_expiry``), and the robust regressions of all series run in one compiled
+call (``core._forwards_numba``, numba, loaded lazily at the first call like ``core.black``'s kernels),
+with the numpy functions of this module as the fallback when numba is missing or ``DUPIRE_DESK_NO_NUMBA=1``
+(``core.black.use_backend`` switches both modules). Both backends give the same numbers bit for bit as
+the original per-expiry algorithm (``tests/reference_forwards.py``) on the demo and the real chains.
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import os
+import threading
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from core.black import NO_NUMBA_ENV
 from core.errors import InputError
 
 FORWARD_COLUMNS = ("expiry", "T", "F", "D", "n_pairs", "residual", "fallback", "approximate")
@@ -73,9 +86,10 @@ class Forwards:
         return cls(table=table, spot=float(spot))
 
     def _nodes(self, col: str):
-        t = self.table.sort_values("T")
-        T = t["T"].to_numpy(float)
-        v = np.log(t[col].to_numpy(float))
+        T = self.table["T"].to_numpy(float)
+        o = np.argsort(T)  # the order of table.sort_values("T"), without building a sorted frame per call
+        T = T[o]
+        v = np.log(self.table[col].to_numpy(float)[o])
         if col == "F" and self.spot is not None:
             T, v = np.r_[0.0, T], np.r_[np.log(self.spot), v]
         elif col == "D":
@@ -117,19 +131,22 @@ class Forwards:
 # --------------------------------------------------------------------------------------------
 
 _HUBER_C = 1.345  # 95% efficiency at the normal (Huber 1964)
+_HUBER_ITERS = 50
+_THEIL_SEN_MAX = 300  # Theil-Sen on at most this many evenly spaced pairs (O(n^2) slopes)
+_MAD = 1.4826  # MAD -> standard deviation at the normal
 
 
 def _wmedian(x: np.ndarray, w: np.ndarray) -> float:
     """Weighted median (the smallest x whose cumulative weight reaches half)."""
-    o = np.argsort(x)
+    o = np.argsort(x, kind="stable")
     cw = np.cumsum(w[o])
     return float(x[o][np.searchsorted(cw, 0.5 * cw[-1])])
 
 
 def _theil_sen(x: np.ndarray, z: np.ndarray) -> tuple[float, float]:
     """Theil-Sen line ``z = a + b x``: median of pairwise slopes, median intercept (Sen 1968)."""
-    if len(x) > 300:  # O(n^2) pairs: an even subsample is as good a start and keeps memory small
-        keep = np.linspace(0, len(x) - 1, 300).round().astype(int)
+    if len(x) > _THEIL_SEN_MAX:  # O(n^2) pairs: an even subsample is as good a start and keeps memory small
+        keep = np.linspace(0, len(x) - 1, _THEIL_SEN_MAX).round().astype(int)
         x, z = x[keep], z[keep]
     i, j = np.triu_indices(len(x), k=1)
     dx = x[j] - x[i]
@@ -138,7 +155,7 @@ def _theil_sen(x: np.ndarray, z: np.ndarray) -> tuple[float, float]:
     return float(np.median(z - b * x)), b
 
 
-def _huber_line(x: np.ndarray, z: np.ndarray, s: np.ndarray, iters: int = 50) -> tuple[float, float, np.ndarray]:
+def _huber_line(x: np.ndarray, z: np.ndarray, s: np.ndarray, iters: int = _HUBER_ITERS) -> tuple[float, float, np.ndarray]:
     """Robust weighted line ``z = a + b x`` by Huber IRLS started at Theil-Sen.
 
     ``s`` is each point's price uncertainty (half the summed bid/ask spreads); weights are
@@ -146,10 +163,10 @@ def _huber_line(x: np.ndarray, z: np.ndarray, s: np.ndarray, iters: int = 50) ->
     or mistyped pair cannot pull the line the way it pulls OLS. Returns ``(a, b, residuals)``.
     """
     a, b = _theil_sen(x, z)
-    w0 = 1.0 / s**2
+    w0 = 1.0 / (s * s)
     for _ in range(iters):
         r = (z - a - b * x) / s
-        scale = 1.4826 * float(np.median(np.abs(r)))
+        scale = _MAD * float(np.median(np.abs(r)))
         if not np.isfinite(scale) or scale <= 1e-12:
             hw = np.ones_like(r)
         else:
@@ -171,8 +188,9 @@ def _huber_line(x: np.ndarray, z: np.ndarray, s: np.ndarray, iters: int = 50) ->
 
 
 def _first_guess(K: np.ndarray, z: np.ndarray, D: float = 1.0) -> float:
-    """Forward guess from the pairs nearest the money (smallest |C - P|): median of ``K + (C-P)/D``."""
-    o = np.argsort(np.abs(z))[:3]
+    """Forward guess from the pairs nearest the money (the three smallest ``|C - P|``, ties to the lower
+    strike): median of ``K + (C-P)/D``."""
+    o = np.argsort(np.abs(z), kind="stable")[:3]
     return float(np.median(K[o] + z[o] / D))
 
 
@@ -183,7 +201,7 @@ def _near(K: np.ndarray, F0: float, T: float, cfg: Any, at_least: int) -> np.nda
     band = max(0.02, cfg.parity_width * np.sqrt(max(T, 0.0)))
     idx = np.flatnonzero(dist <= band)
     if len(idx) < at_least:
-        idx = np.argsort(dist)[:at_least]
+        idx = np.argsort(dist, kind="stable")[:at_least]
     return np.sort(idx)
 
 
@@ -193,6 +211,7 @@ def _parity_regression(K, z, s, T, cfg):
     Slope of ``C - P`` on ``K`` is ``-D``, intercept ``D F``; strikes centred on the first guess
     ``F0`` so that the intercept is ``D (F - F0)`` (well conditioned). Sanity: ``0 < D <= 1.5``,
     ``|ln D| <= max_abs_rate T + 0.001``, ``F`` finite, positive and within the strikes used x [1/2, 2].
+    The numpy path; ``core._forwards_numba.parity_regressions`` runs the same steps for every expiry at once.
     """
     if len(K) < cfg.parity_min_pairs:
         return None
@@ -215,7 +234,7 @@ def _parity_regression(K, z, s, T, cfg):
     if not (0.0 < D <= 1.5 and abs(np.log(D)) <= cfg.max_abs_rate * T + 1e-3
             and 0.5 * used.min() <= F <= 2.0 * used.max()):
         return None
-    return F, D, len(idx), 1.4826 * float(np.median(np.abs(res)))
+    return F, D, len(idx), _MAD * float(np.median(np.abs(res)))
 
 
 def _parity_forward(K, z, s, T, D, cfg):
@@ -233,41 +252,165 @@ def _parity_forward(K, z, s, T, D, cfg):
     F = _wmedian(est, 1.0 / s[idx])
     if not (np.isfinite(F) and F > 0 and 0.5 * K[idx].min() <= F <= 2.0 * K[idx].max()):
         return None
-    return F, len(idx), 1.4826 * float(np.median(np.abs(D * (est - F))))
+    return F, len(idx), _MAD * float(np.median(np.abs(D * (est - F))))
+
+
+# ------------------------------------------------------------------------------- numba backend
+
+_numba_lock = threading.Lock()
+_numba_state: dict = {}
+
+
+def _load_numba():
+    """Import (compile, or load from numba's cache) ``core._forwards_numba``; None when numba is not
+    installed or the kernel is unusable (then warn: the numpy path gives the same numbers, slower)."""
+    if importlib.util.find_spec("numba") is None:
+        return None
+    try:
+        nb = importlib.import_module("core._forwards_numba")
+        same = {"_HUBER_C": _HUBER_C, "_HUBER_ITERS": _HUBER_ITERS, "_THEIL_SEN_MAX": _THEIL_SEN_MAX, "_MAD": _MAD}
+        diff = [k for k, v in same.items() if getattr(nb, k) != v]
+        if diff:
+            raise RuntimeError(f"core._forwards_numba constants {diff} differ from core.forwards'")
+        K = np.array([90.0, 100.0, 110.0])
+        out = np.empty(1), np.empty(1), np.empty(1, np.int64), np.empty(1)
+        nb.parity_regressions(K, 0.99 * (100.0 - K), np.ones(3), np.array([0, 3]), np.ones(1), 0.5, 3, 0.5, *out)
+        if not (abs(out[0][0] - 100.0) < 1e-9 and abs(out[1][0] - 0.99) < 1e-12):  # smoke test of the build
+            raise RuntimeError(f"kernel smoke test gave F={out[0][0]!r}, D={out[1][0]!r}")
+        return nb
+    except Exception as exc:  # any compile/link failure: numba raises many types
+        warnings.warn(f"core.forwards: the numba kernel is unusable ({type(exc).__name__}: {exc}); "
+                      f"using the numpy path (slower). Set {NO_NUMBA_ENV}=1 to silence this.",
+                      RuntimeWarning, stacklevel=4)
+        return None
+
+
+def _numba():
+    """The kernel module, or None for the numpy path (numba missing, unusable, or ``NO_NUMBA_ENV`` set)."""
+    if os.environ.get(NO_NUMBA_ENV, "").strip() not in ("", "0"):
+        return None
+    try:
+        return _numba_state["kernel"]
+    except KeyError:
+        with _numba_lock:  # one compilation even when Streamlit sessions call in parallel
+            if "kernel" not in _numba_state:
+                _numba_state["kernel"] = _load_numba()
+        return _numba_state["kernel"]
+
+
+def _parity_regressions(K, z, s, bounds, T, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``_parity_regression`` of every expiry: pairs of expiry ``g`` are ``bounds[g]:bounds[g+1]``.
+
+    Returns arrays ``(F, D, n_pairs, residual)``, ``F`` NaN where the fit is refused. One compiled call
+    over all expiries when numba is available (``core._forwards_numba``), else the numpy loop.
+    """
+    G = len(T)
+    F, D, res = np.full(G, np.nan), np.full(G, np.nan), np.full(G, np.nan)
+    n = np.zeros(G, dtype=np.int64)
+    nb = _numba()
+    if nb is not None:
+        nb.parity_regressions(K, z, s, bounds, np.ascontiguousarray(T, dtype=float), float(cfg.parity_width),
+                              int(cfg.parity_min_pairs), float(cfg.max_abs_rate), F, D, n, res)
+        return F, D, n, res
+    for g in range(G):
+        lo, hi = bounds[g], bounds[g + 1]
+        fit = _parity_regression(K[lo:hi], z[lo:hi], s[lo:hi], T[g], cfg)
+        if fit is not None:
+            F[g], D[g], n[g], res[g] = fit
+    return F, D, n, res
+
+
+# ------------------------------------------------------------------------------------ pairing
+
+def _group_medians(v: np.ndarray, g: np.ndarray, G: int) -> np.ndarray:
+    """Median of ``v`` within each group ``g`` (codes ``0..G-1``; NaN where a group is empty), as
+    ``np.median`` computes it (mean of the two middle values when the count is even)."""
+    o = np.lexsort((v, g))
+    vs = v[o]
+    cnt = np.bincount(g, minlength=G)
+    start = np.r_[0, np.cumsum(cnt)[:-1]]
+    out = np.full(G, np.nan)
+    has = cnt > 0
+    lo = start[has] + (cnt[has] - 1) // 2
+    hi = start[has] + cnt[has] // 2
+    out[has] = np.where(lo == hi, vs[lo], (vs[lo] + vs[hi]) / 2.0)
+    return out
 
 
 def _pairs_by_expiry(q: pd.DataFrame):
-    """Per expiry group: ``(key, expiry, T, K, C - P, s)`` over strikes with both sides usable."""
+    """Call/put pairs of every expiry series, formed in one sort over the whole table.
+
+    An expiry series is an ``(expiry, expiry_time)`` pair: SPX (AM) and SPXW (PM) of one date are two
+    series with two ``T`` and are never paired with each other. Per series, with ``reason == "ok"``: the
+    first call and the first put (in row order) of each strike, paired at equal strikes; ``z = C_mid - P_mid``,
+    ``s = (call spread + put spread) / 2``, floored at ``max(1e-3 median(s), 1e-8 median(K))`` so that a
+    locked or sub-tick pair cannot get an infinite weight. Series whose median ``T`` is not positive are left out.
+
+    Returns ``(groups, K, z, s, bounds)``: ``groups`` a list (sorted by expiry, then expiry time) of dicts
+    ``key, expiry, expiry_time, T, K, z, s`` whose arrays are views of the flat ``K, z, s`` (sorted by
+    series, then strike); series ``g`` holds ``bounds[g]:bounds[g+1]``.
+    """
     keys = ["expiry", "expiry_time"] if "expiry_time" in q.columns else ["expiry"]
-    T_all = pd.to_numeric(q["T"], errors="coerce")
+    codes, uniques = [], []
+    for k in keys:
+        c, u = pd.factorize(q[k], sort=True)
+        codes.append(c)
+        uniques.append(u)
+    valid = np.logical_and.reduce([c >= 0 for c in codes])
+    combined = np.zeros(len(q), dtype=np.int64)
+    for c, u in zip(codes, uniques, strict=True):
+        combined = combined * max(len(u), 1) + c
+    ukeys, gcode = np.unique(combined[valid], return_inverse=True)
+    code = np.full(len(q), -1, dtype=np.int64)
+    code[valid] = gcode
+    G = len(ukeys)
+    # each series' T: the median over its rows (NaN ignored)
+    T_all = pd.to_numeric(q["T"], errors="coerce").to_numpy(float)
+    fin = (code >= 0) & np.isfinite(T_all)
+    T_g = _group_medians(T_all[fin], code[fin], G)
+    keep_g = np.isfinite(T_g) & (T_g > 0)
+    new = np.cumsum(keep_g) - 1  # series code among the kept ones
+    # usable quotes with a finite positive strike and cp = +-1, in row order
+    cp = pd.to_numeric(q["cp"], errors="coerce").to_numpy(float)
+    K = pd.to_numeric(q["strike"], errors="coerce").to_numpy(float)
     ok = q["reason"].astype(str).eq("ok").to_numpy()
-    mid = pd.to_numeric(q["mid"], errors="coerce")
-    spread = pd.to_numeric(q["spread"], errors="coerce")
-    out = []
-    for key, g in q.groupby(keys, sort=True, dropna=True):
-        T = float(np.nanmedian(T_all.loc[g.index])) if T_all.loc[g.index].notna().any() else np.nan
-        if not (np.isfinite(T) and T > 0):
-            continue
-        gi = g.index[ok[g.index]]
-        cp = pd.to_numeric(g.loc[gi, "cp"], errors="coerce")
-        K = pd.to_numeric(g.loc[gi, "strike"], errors="coerce")
-        calls = pd.DataFrame({"K": K[cp == 1], "m": mid.loc[gi][cp == 1], "s": spread.loc[gi][cp == 1]})
-        puts = pd.DataFrame({"K": K[cp == -1], "m": mid.loc[gi][cp == -1], "s": spread.loc[gi][cp == -1]})
-        calls = calls.drop_duplicates("K")
-        puts = puts.drop_duplicates("K")
-        pr = calls.merge(puts, on="K", suffixes=("_c", "_p")).sort_values("K")
-        Kv = pr["K"].to_numpy(float)
-        zv = (pr["m_c"] - pr["m_p"]).to_numpy(float)
-        sv = 0.5 * (pr["s_c"] + pr["s_p"]).to_numpy(float)
-        good = np.isfinite(Kv) & (Kv > 0) & np.isfinite(zv) & np.isfinite(sv)
-        Kv, zv, sv = Kv[good], zv[good], sv[good]
-        if len(sv):
-            # a locked or sub-tick pair must not get an infinite weight
-            sv = np.maximum(sv, max(1e-3 * float(np.median(sv)), 1e-8 * float(np.median(Kv))))
-        expiry = key[0] if isinstance(key, tuple) else key
-        out.append({"key": key, "expiry": expiry, "T": T, "K": Kv, "z": zv, "s": sv,
-                    "expiry_time": key[1] if isinstance(key, tuple) and len(key) > 1 else pd.NaT})
-    return out
+    with np.errstate(invalid="ignore"):
+        rows = ok & (code >= 0) & ((cp == 1) | (cp == -1)) & np.isfinite(K) & (K > 0)
+    rows &= keep_g[np.maximum(code, 0)]
+    idx = np.flatnonzero(rows)
+    gi, Ki, ci = new[code[idx]], K[idx], cp[idx]
+    o = np.lexsort((ci, Ki, gi))  # stable: equal (series, strike, side) stay in row order
+    idx, gi, Ki, ci = idx[o], gi[o], Ki[o], ci[o]
+    first = np.ones(len(idx), dtype=bool)  # the first quote of each (series, strike, side)
+    first[1:] = (gi[1:] != gi[:-1]) | (Ki[1:] != Ki[:-1]) | (ci[1:] != ci[:-1])
+    idx, gi, Ki = idx[first], gi[first], Ki[first]
+    # sorted by side within a strike: a pair is a put immediately followed by a call of the same strike
+    pair = np.flatnonzero((gi[1:] == gi[:-1]) & (Ki[1:] == Ki[:-1]))
+    put, call = idx[pair], idx[pair + 1]
+    mid = pd.to_numeric(q["mid"], errors="coerce").to_numpy(float)
+    spread = pd.to_numeric(q["spread"], errors="coerce").to_numpy(float)
+    Kp, gp = Ki[pair], gi[pair]
+    zp = mid[call] - mid[put]
+    sp = 0.5 * (spread[call] + spread[put])
+    good = np.isfinite(zp) & np.isfinite(sp)
+    Kp, gp, zp, sp = Kp[good], gp[good], zp[good], sp[good]
+    Gk = int(keep_g.sum())
+    if len(sp):  # a locked or sub-tick pair must not get an infinite weight
+        floor = np.maximum(1e-3 * _group_medians(sp, gp, Gk), 1e-8 * _group_medians(Kp, gp, Gk))
+        sp = np.maximum(sp, floor[gp])
+    bounds = np.searchsorted(gp, np.arange(Gk + 1)).astype(np.int64)
+    groups = []
+    for j, g in enumerate(np.flatnonzero(keep_g)):
+        parts, rest = [], int(ukeys[g])
+        for u in reversed(uniques):
+            rest, c = divmod(rest, max(len(u), 1))
+            parts.append(u[c])
+        key = tuple(reversed(parts))
+        lo, hi = bounds[j], bounds[j + 1]
+        groups.append({"expiry": key[0], "T": float(T_g[g]),
+                       "K": Kp[lo:hi], "z": zp[lo:hi], "s": sp[lo:hi],
+                       "expiry_time": key[1] if len(key) > 1 else pd.NaT})
+    return groups, Kp, zp, sp, bounds
 
 
 def _as_float(name: str, v: Any, positive: bool = False) -> float | None:
@@ -340,20 +483,19 @@ def implied_forwards(quotes: Any, *, spot: float | None = None, r: float | None 
         for c in ("expiry", "strike", "cp", "T"):
             if c not in table.columns:
                 raise InputError(f"quotes lack the column {c!r}; build them with core.quotes.make_quotes")
-        table = table.reset_index(drop=True)
 
-    groups = _pairs_by_expiry(table)
+    groups, K_all, z_all, s_all, bounds = _pairs_by_expiry(table)
     if not groups:
         raise InputError("no expiry with a positive time to expiry in the quotes: nothing to compute forwards for")
-    rows = []
-    for g in groups:
-        row = {"expiry": g["expiry"], "expiry_time": g["expiry_time"], "T": g["T"], "F": np.nan, "D": np.nan,
-               "n_pairs": 0, "residual": np.nan, "fallback": None}
-        if r_ is None:
-            fit = _parity_regression(g["K"], g["z"], g["s"], g["T"], cfg)
-            if fit is not None:
-                row.update(F=fit[0], D=fit[1], n_pairs=fit[2], residual=fit[3], fallback="")
-        rows.append(row)
+    rows = [{"expiry": g["expiry"], "expiry_time": g["expiry_time"], "T": g["T"], "F": np.nan, "D": np.nan,
+             "n_pairs": 0, "residual": np.nan, "fallback": None} for g in groups]
+    if r_ is None:
+        F_fit, D_fit, n_fit, res_fit = _parity_regressions(K_all, z_all, s_all, bounds,
+                                                           np.array([g["T"] for g in groups]), cfg)
+        for j, row in enumerate(rows):
+            if np.isfinite(F_fit[j]):
+                row.update(F=float(F_fit[j]), D=float(D_fit[j]), n_pairs=int(n_fit[j]),
+                           residual=float(res_fit[j]), fallback="")
 
     def _interp(col: str, T: float, have: list[dict], anchor: float | None) -> float | None:
         pts = [(h["T"], h[col]) for h in have if np.isfinite(h[col])]
@@ -410,7 +552,7 @@ def implied_forwards(quotes: Any, *, spot: float | None = None, r: float | None 
             if len(g["K"]):
                 idx = _near(g["K"], w["F"], g["T"], cfg, min(len(g["K"]), cfg.parity_min_pairs))
                 res = g["z"][idx] - w["D"] * (w["F"] - g["K"][idx])
-                w.update(n_pairs=len(idx), residual=1.4826 * float(np.median(np.abs(res))))
+                w.update(n_pairs=len(idx), residual=_MAD * float(np.median(np.abs(res))))
             else:
                 w.update(n_pairs=0, residual=np.nan)
     out = pd.DataFrame(rows)
