@@ -11,6 +11,23 @@ import logging
 import sys
 from pathlib import Path
 
+from core.errors import DupireDeskError, InputError
+from core.export import safe_csv
+from core.localvol import DEFAULT_CLIP
+from core.pipeline import (
+    METHODS,
+    Settings,
+    calibrate,
+    forwards_frame,
+    open_source,
+    prepare,
+    quotes_frame,
+    summary_dict,
+    write_outputs,
+)
+from core.pricing.exotics import BARRIER_KINDS
+from core.pricing.saved import price_from_calibration
+
 
 def _clip(text: str) -> tuple[float, float]:
     try:
@@ -21,7 +38,9 @@ def _clip(text: str) -> tuple[float, float]:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", help="demo | demo:SEED | yahoo:TICKER | a file (CBOE, yfinance-style or tidy CSV, snapshot)")
+    p.add_argument("source", nargs="+",
+                   help="demo | demo:SEED | yahoo:TICKER | a file (CBOE, yfinance-style or tidy CSV, snapshot) | "
+                        "several files or a folder of one underlying and quote day (e.g. one CBOE download per expiry)")
     p.add_argument("--expiries", nargs="+", metavar="YYYY-MM-DD", help="expiries to use (default: all usable)")
     p.add_argument("--asof", help="quote time for files that lack one, e.g. '2026-11-20 15:30' (New York)")
     p.add_argument("--spot", type=float, help="spot for files that lack one (else put-call parity)")
@@ -45,9 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(q)
     c = sub.add_parser("calibrate", help="the whole pipeline: surface fit, local vol, arbitrage, round trip")
     _common(c)
-    c.add_argument("--method", default="ssvi", choices=["ssvi", "svi", "smooth", "price-fd", "price-spline"])
+    c.add_argument("--method", default=Settings().method, choices=list(METHODS))
     c.add_argument("--smoothing", type=float, default=0.0, help="0 (follow quotes) .. 1 (strongly regularised)")
-    c.add_argument("--clip", type=_clip, default=(0.02, 2.0), help="local-vol band LO,HI (vol units)")
+    c.add_argument("--clip", type=_clip, default=DEFAULT_CLIP,
+                   help=f"local-vol band LO,HI (vol units, default {DEFAULT_CLIP[0]:g},{DEFAULT_CLIP[1]:g})")
     c.add_argument("--r", type=float, help="override the rate (continuous, e.g. 0.04)")
     c.add_argument("--q", type=float, help="override the dividend yield (continuous)")
     c.add_argument("--grid", default="100x50", help="local-vol grid STRIKESxEXPIRIES (default 100x50)")
@@ -59,8 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expiry", type=float, required=True, help="years")
     p.add_argument("--cp", default="call", choices=["call", "put"])
     p.add_argument("--barrier", type=float, help="barrier level (for --type barrier)")
-    p.add_argument("--barrier-type", default="up-and-out",
-                   choices=["up-and-out", "up-and-in", "down-and-out", "down-and-in"])
+    p.add_argument("--barrier-type", default="up-and-out", choices=list(BARRIER_KINDS))
     p.add_argument("--monitoring", default="continuous", choices=["continuous", "discrete"])
     p.add_argument("--fixings", type=int, default=12, help="Asian fixings (equally spaced)")
     p.add_argument("--paths", type=int, default=100_000)
@@ -72,9 +91,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_quotes(a) -> dict:
-    from core.export import safe_csv
-    from core.pipeline import Settings, forwards_frame, open_source, prepare, quotes_frame, summary_dict
-
     chain = open_source(a.source, spot=a.spot, asof=a.asof, expiries=a.expiries, timeout=a.timeout)
     settings = Settings()
     prep = prepare(chain, settings)
@@ -88,9 +104,6 @@ def _cmd_quotes(a) -> dict:
 
 
 def _cmd_calibrate(a) -> dict:
-    from core.errors import InputError
-    from core.pipeline import Settings, calibrate, open_source, write_outputs
-
     try:
         nk, nt = (int(v) for v in a.grid.lower().split("x"))
     except ValueError:
@@ -108,8 +121,6 @@ def _cmd_calibrate(a) -> dict:
 
 
 def _cmd_price(a) -> dict:
-    from core.pricing.saved import price_from_calibration
-
     res = price_from_calibration(a.calibration, kind=a.type, strike=a.strike, expiry=a.expiry, cp=a.cp,
                                  barrier=a.barrier, barrier_type=a.barrier_type, monitoring=a.monitoring,
                                  fixings=a.fixings, n_paths=a.paths, n_steps=a.steps, seed=a.seed)
@@ -121,8 +132,6 @@ def _cmd_price(a) -> dict:
 
 def main(argv=None) -> int:
     """Entry point; returns the exit code."""
-    from core.errors import DupireDeskError
-
     a = build_parser().parse_args(argv)
     # yfinance logs its own retries to stderr; the CLI promises one line per error
     for name in ("yfinance", "peewee", "curl_cffi", "urllib3"):

@@ -43,17 +43,15 @@ accuracy targets (tests run both). numba's cache lives next to the kernels (``co
 from __future__ import annotations
 
 import contextlib
-import importlib
-import importlib.util
 import math
 import os
-import threading
 import warnings
 
 import numpy as np
 import pandas as pd
 from scipy.special import erfcx, ndtri
 
+from core._kernels import NO_NUMBA_ENV, LazyKernel
 from core.errors import ConvergenceWarning, InputError
 
 #: reason codes of ``implied_vol(..., return_reason=True)``: code -> explanation. The integer code of a
@@ -191,12 +189,6 @@ def _flat_arrays(*args) -> tuple[tuple[int, ...], list[np.ndarray]]:
 
 # -------------------------------------------------------------------------------- backends
 
-#: set to 1 to force the numpy path (tests use it to cover both backends)
-NO_NUMBA_ENV = "DUPIRE_DESK_NO_NUMBA"
-_numba_lock = threading.Lock()
-_numba_state: dict = {}
-
-
 def _numba_tables() -> tuple[np.ndarray, np.ndarray]:
     # one piece's coefficients contiguous (pieces, deg+1); Gauss-Laguerre rows (v, w, v^2/2)
     tab = np.ascontiguousarray(_ERFCX_TAB.T)
@@ -206,48 +198,30 @@ def _numba_tables() -> tuple[np.ndarray, np.ndarray]:
     return tab, gl
 
 
-def _load_numba():
-    """Import (so compile, or load from numba's cache) the kernels; None when numba is not installed
-    or compilation fails (then warn: the numpy path is correct, only slower)."""
-    if importlib.util.find_spec("numba") is None:
-        return None  # not installed: the numpy path, silently
-    try:
-        nb = importlib.import_module("core._black_numba")
-        same = {"_T_TAYLOR": _T_TAYLOR, "_H_GL": _H_GL, "_TAU_GL": _TAU_GL, "_ERFCX_ZA": _ERFCX_ZA,
-                "_ERFCX_NP": _ERFCX_NP, "_ERFCX_DEG": _ERFCX_DEG, "_N_HOUSEHOLDER": _N_HOUSEHOLDER,
-                "_R_MAX": _R_MAX, "_R_MIN": _R_MIN, "_TINY": _TINY}
-        diff = [k for k, v in same.items() if getattr(nb, k) != v]
-        codes = {"_OK": "ok", "_NON_FINITE": "non_finite", "_NON_POSITIVE": "non_positive",
-                 "_BELOW": "below_intrinsic", "_ABOVE": "above_upper_bound", "_BAD_CP": "bad_cp",
-                 "_NO_CONV": "no_convergence"}
-        diff += [k for k, v in codes.items() if getattr(nb, k) != IV_REASON_CODES[v]]
-        if diff:
-            raise RuntimeError(f"core._black_numba constants {diff} differ from core.black's")
-        tab, gl = _numba_tables()
-        one = np.ones(1)
-        out, code = np.empty(1), np.empty(1, dtype=np.int8)
-        nb.implied_vol(0.5 * one, one, one, one, one, one, tab, gl, out, code)  # smoke test of the build
-        if not (code[0] == 0 and abs(out[0] - 1.3489795003921634) < 1e-12):
-            raise RuntimeError(f"kernel smoke test gave vol {out[0]!r}, reason code {code[0]}")
-        return nb, tab, gl
-    except Exception as exc:  # any compile/link failure: numba raises many types
-        warnings.warn(f"core.black: the numba kernels are unusable ({type(exc).__name__}: {exc}); "
-                      f"using the numpy path (slower). Set {NO_NUMBA_ENV}=1 to silence this.",
-                      RuntimeWarning, stacklevel=4)
-        return None
+def _check_kernels(nb):
+    """The kernels' constants must be ours, and a smoke test must pass; returns ``(nb, erfcx table, GL table)``."""
+    same = {"_T_TAYLOR": _T_TAYLOR, "_H_GL": _H_GL, "_TAU_GL": _TAU_GL, "_ERFCX_ZA": _ERFCX_ZA,
+            "_ERFCX_NP": _ERFCX_NP, "_ERFCX_DEG": _ERFCX_DEG, "_N_HOUSEHOLDER": _N_HOUSEHOLDER,
+            "_R_MAX": _R_MAX, "_R_MIN": _R_MIN, "_TINY": _TINY}
+    diff = [k for k, v in same.items() if getattr(nb, k) != v]
+    codes = {"_OK": "ok", "_NON_FINITE": "non_finite", "_NON_POSITIVE": "non_positive",
+             "_BELOW": "below_intrinsic", "_ABOVE": "above_upper_bound", "_BAD_CP": "bad_cp",
+             "_NO_CONV": "no_convergence"}
+    diff += [k for k, v in codes.items() if getattr(nb, k) != IV_REASON_CODES[v]]
+    if diff:
+        raise RuntimeError(f"core._black_numba constants {diff} differ from core.black's")
+    tab, gl = _numba_tables()
+    one = np.ones(1)
+    out, code = np.empty(1), np.empty(1, dtype=np.int8)
+    nb.implied_vol(0.5 * one, one, one, one, one, one, tab, gl, out, code)  # smoke test of the build
+    if not (code[0] == 0 and abs(out[0] - 1.3489795003921634) < 1e-12):
+        raise RuntimeError(f"kernel smoke test gave vol {out[0]!r}, reason code {code[0]}")
+    return nb, tab, gl
 
 
-def _numba():
-    """``(kernels module, erfcx table, Gauss-Laguerre table)`` or None (numpy path)."""
-    if os.environ.get(NO_NUMBA_ENV, "").strip() not in ("", "0"):
-        return None
-    try:
-        return _numba_state["kernels"]
-    except KeyError:
-        with _numba_lock:  # one compilation even when Streamlit sessions call in parallel
-            if "kernels" not in _numba_state:
-                _numba_state["kernels"] = _load_numba()
-        return _numba_state["kernels"]
+_KERNELS = LazyKernel("core.black", "core._black_numba", _check_kernels)
+#: ``(kernels module, erfcx table, Gauss-Laguerre table)`` or None (numpy path)
+_numba = _KERNELS.get
 
 
 def backend() -> str:

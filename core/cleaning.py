@@ -83,6 +83,12 @@ class CleaningConfig:
     parity_min_pairs : int
         Fewest pairs for a full parity regression (slope and intercept); with fewer, the discount
         factor is interpolated from other expiries and only the forward comes from parity.
+    surface_min_days : float
+        Expiries closer than this many calendar days to the market time do not feed the surface (default
+        3.5: the 0-3 day expiries). Their smiles are made by the next session's events, overnight gaps and the
+        settlement print, not by diffusion: a local-vol surface cannot hold them without bending the weeks
+        after them, and their wings would need local vols of several hundred percent. They stay in the table,
+        with their implied vols, marked ``not used: expires within 3.5 days``; the surface starts after them.
     max_abs_rate : float
         A parity regression implying ``|r| = |ln D| / T`` above this is treated as nonsense and falls
         back (default 0.5, i.e. 50% a year).
@@ -98,6 +104,7 @@ class CleaningConfig:
     parity_width: float = 0.5
     parity_min_pairs: int = 3
     max_abs_rate: float = 0.5
+    surface_min_days: float = 3.5
 
     def __post_init__(self) -> None:
         def _check(name: str, ok: bool, what: str) -> None:
@@ -127,6 +134,8 @@ class CleaningConfig:
         _check("parity_min_pairs", isinstance(self.parity_min_pairs, (int, np.integer)) and self.parity_min_pairs >= 3,
                "an integer >= 3")
         _check("max_abs_rate", _num(self.max_abs_rate) > 0, "a positive number")
+        _check("surface_min_days", np.isfinite(_num(self.surface_min_days)) and _num(self.surface_min_days) >= 0,
+               "a number of days >= 0")
 
 
 def _frame(quotes: Any, name: str = "quotes") -> pd.DataFrame:
@@ -282,7 +291,8 @@ def select_for_fit(quotes: pd.DataFrame, forwards: Any, exercise: str = "europea
     ``Forwards``; ``exercise`` 'european' or 'american'; ``config`` for ``near_money`` and
     ``otm_only``. Rule: a usable (``reason == "ok"``) quote is used when out of the money (call
     with ``K >= F``, put with ``K < F``); European chains also use the in-the-money side within
-    ``|ln(K/F)| <= near_money`` (both sides near the money) unless ``otm_only``. American chains:
+    ``|ln(K/F)| <= near_money`` (both sides near the money) unless ``otm_only``; expiries within
+    ``surface_min_days`` of the market time are not used. American chains:
     out of the money only (the early-exercise premium lives in the in-the-money side).
     Returns a copy with the two columns added.
     """
@@ -303,22 +313,19 @@ def select_for_fit(quotes: pd.DataFrame, forwards: Any, exercise: str = "europea
     both_sides = exercise == "european" and not cfg.otm_only
     near = finite & (np.abs(y) <= cfg.near_money) & both_sides
     ok = reason == "ok"
-    use = ok & (otm | near)
+    short = _num_col(q, "T") < cfg.surface_min_days / 365.0
+    use = ok & (otm | near) & ~short
     side = np.where(cp > 0, "call", "put")
-    rule = np.empty(len(q), dtype=object)
-    for i in range(len(q)):
-        if not ok[i]:
-            rule[i] = f"not used: {reason[i]}"
-        elif not finite[i]:
-            rule[i] = "not used: no forward for this expiry"
-        elif otm[i]:
-            rule[i] = f"out-of-the-money {side[i]}"
-        elif near[i]:
-            rule[i] = f"in-the-money {side[i]} near the money (|y| <= {cfg.near_money:g}, both sides used)"
-        elif exercise == "american":
-            rule[i] = "not used: in-the-money side of an American chain (early exercise premium)"
-        else:
-            rule[i] = "not used: in-the-money side (the out-of-the-money quote carries the information)"
+    itm = ("not used: in-the-money side of an American chain (early exercise premium)" if exercise == "american"
+           else "not used: in-the-money side (the out-of-the-money quote carries the information)")
+    rule = np.select(
+        [~ok, ~finite, short, otm, near],
+        [np.char.add("not used: ", reason.astype(str)), "not used: no forward for this expiry",
+         f"not used: expires within {cfg.surface_min_days:g} days (the surface starts after the 0-3 day expiries)",
+         np.char.add("out-of-the-money ", side),
+         np.char.add(np.char.add("in-the-money ", side),
+                     f" near the money (|y| <= {cfg.near_money:g}, both sides used)")],
+        default=itm).astype(object)
     q["use"] = use
     q["use_rule"] = pd.Series(rule, index=q.index, dtype=object).astype(str)
     return q

@@ -14,18 +14,13 @@ the original per-expiry algorithm (``tests/reference_forwards.py``) on the demo 
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import os
-import threading
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from core.black import NO_NUMBA_ENV
+from core._kernels import LazyKernel
 from core.errors import InputError
 
 FORWARD_COLUMNS = ("expiry", "T", "F", "D", "n_pairs", "residual", "fallback", "approximate")
@@ -257,45 +252,23 @@ def _parity_forward(K, z, s, T, D, cfg):
 
 # ------------------------------------------------------------------------------- numba backend
 
-_numba_lock = threading.Lock()
-_numba_state: dict = {}
+def _check_kernel(nb):
+    """The kernel's constants must be ours, and a smoke test must pass; returns the module."""
+    same = {"_HUBER_C": _HUBER_C, "_HUBER_ITERS": _HUBER_ITERS, "_THEIL_SEN_MAX": _THEIL_SEN_MAX, "_MAD": _MAD}
+    diff = [k for k, v in same.items() if getattr(nb, k) != v]
+    if diff:
+        raise RuntimeError(f"core._forwards_numba constants {diff} differ from core.forwards'")
+    K = np.array([90.0, 100.0, 110.0])
+    out = np.empty(1), np.empty(1), np.empty(1, np.int64), np.empty(1)
+    nb.parity_regressions(K, 0.99 * (100.0 - K), np.ones(3), np.array([0, 3]), np.ones(1), 0.5, 3, 0.5, *out)
+    if not (abs(out[0][0] - 100.0) < 1e-9 and abs(out[1][0] - 0.99) < 1e-12):  # smoke test of the build
+        raise RuntimeError(f"kernel smoke test gave F={out[0][0]!r}, D={out[1][0]!r}")
+    return nb
 
 
-def _load_numba():
-    """Import (compile, or load from numba's cache) ``core._forwards_numba``; None when numba is not
-    installed or the kernel is unusable (then warn: the numpy path gives the same numbers, slower)."""
-    if importlib.util.find_spec("numba") is None:
-        return None
-    try:
-        nb = importlib.import_module("core._forwards_numba")
-        same = {"_HUBER_C": _HUBER_C, "_HUBER_ITERS": _HUBER_ITERS, "_THEIL_SEN_MAX": _THEIL_SEN_MAX, "_MAD": _MAD}
-        diff = [k for k, v in same.items() if getattr(nb, k) != v]
-        if diff:
-            raise RuntimeError(f"core._forwards_numba constants {diff} differ from core.forwards'")
-        K = np.array([90.0, 100.0, 110.0])
-        out = np.empty(1), np.empty(1), np.empty(1, np.int64), np.empty(1)
-        nb.parity_regressions(K, 0.99 * (100.0 - K), np.ones(3), np.array([0, 3]), np.ones(1), 0.5, 3, 0.5, *out)
-        if not (abs(out[0][0] - 100.0) < 1e-9 and abs(out[1][0] - 0.99) < 1e-12):  # smoke test of the build
-            raise RuntimeError(f"kernel smoke test gave F={out[0][0]!r}, D={out[1][0]!r}")
-        return nb
-    except Exception as exc:  # any compile/link failure: numba raises many types
-        warnings.warn(f"core.forwards: the numba kernel is unusable ({type(exc).__name__}: {exc}); "
-                      f"using the numpy path (slower). Set {NO_NUMBA_ENV}=1 to silence this.",
-                      RuntimeWarning, stacklevel=4)
-        return None
-
-
-def _numba():
-    """The kernel module, or None for the numpy path (numba missing, unusable, or ``NO_NUMBA_ENV`` set)."""
-    if os.environ.get(NO_NUMBA_ENV, "").strip() not in ("", "0"):
-        return None
-    try:
-        return _numba_state["kernel"]
-    except KeyError:
-        with _numba_lock:  # one compilation even when Streamlit sessions call in parallel
-            if "kernel" not in _numba_state:
-                _numba_state["kernel"] = _load_numba()
-        return _numba_state["kernel"]
+_KERNEL = LazyKernel("core.forwards", "core._forwards_numba", _check_kernel)
+#: the kernel module, or None for the numpy path (numba missing, unusable, or ``NO_NUMBA_ENV`` set)
+_numba = _KERNEL.get
 
 
 def _parity_regressions(K, z, s, bounds, T, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

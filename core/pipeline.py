@@ -8,7 +8,6 @@ command line documents (README, "Command line").
 from __future__ import annotations
 
 import json
-import math
 import re
 import time
 from dataclasses import dataclass, field, replace
@@ -18,15 +17,35 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from core.arbitrage import quote_arbitrage, surface_arbitrage
+from core.black import quote_implied_vols
+from core.cleaning import (
+    CleaningConfig,
+    check_bounds,
+    clean_quotes,
+    reason_counts,
+    select_for_fit,
+    use_mask,
+    used,
+)
 from core.errors import FitError, InputError
-from core.export import safe_csv
-from core.quotes import QuoteChain
+from core.export import jsonable, safe_csv
+from core.forwards import implied_forwards
+from core.localvol import DEFAULT_CLIP, check_clip, local_vol_from_surface, local_vol_grid
+from core.pricing.pde import reprice as pde_reprice
+from core.quotes import QuoteChain, expiry_key, parse_expiry
+from core.sources.demo import demo_chain
+from core.sources.detect import files_in, load_file, load_files
+from core.sources.snapshots import SnapshotStore
+from core.sources.yahoo import YahooSource
+from core.surface.fit import fit_surface
 
-METHODS = ("ssvi", "svi", "smooth", "price-fd", "price-spline")
+METHODS = ("spline", "ssvi", "essvi", "svi", "smooth", "price-fd", "price-spline")
 #: the implied-vol fit under each local-vol method (the price-based methods differentiate prices
 #: of the SVI surface numerically, to show what that costs)
-FIT_METHOD = {"ssvi": "ssvi", "svi": "svi", "smooth": "smooth", "price-fd": "svi", "price-spline": "svi"}
-LV_METHOD = {"ssvi": "gatheral", "svi": "gatheral", "smooth": "gatheral",
+FIT_METHOD = {"spline": "spline", "ssvi": "ssvi", "svi": "svi", "smooth": "smooth", "essvi": "essvi", "price-fd": "svi",
+              "price-spline": "svi"}
+LV_METHOD = {"spline": "gatheral", "ssvi": "gatheral", "svi": "gatheral", "smooth": "gatheral", "essvi": "gatheral",
              "price-fd": "price-fd", "price-spline": "price-spline"}
 
 
@@ -42,9 +61,9 @@ class Settings:
     ``n_expiries`` cells for the local-vol surface.
     """
 
-    method: str = "ssvi"
+    method: str = "spline"
     smoothing: float = 0.0
-    clip: tuple[float, float] = (0.02, 2.0)
+    clip: tuple[float, float] = DEFAULT_CLIP
     r: float | None = None
     q: float | None = None
     expiries: tuple[str, ...] | None = None
@@ -61,20 +80,15 @@ class Settings:
             raise InputError(f"method must be one of {list(METHODS)}, got {self.method!r}")
         if not (0.0 <= float(self.smoothing) <= 1.0):
             raise InputError(f"smoothing must be between 0 and 1, got {self.smoothing!r}")
-        lo, hi = (float(c) for c in self.clip)
-        if not (0.0 <= lo < hi and math.isfinite(hi)):
-            raise InputError(f"clip band must be 0 <= lo < hi (vol units, e.g. (0.05, 1.5)), got {self.clip!r}")
-        object.__setattr__(self, "clip", (lo, hi))
+        object.__setattr__(self, "clip", check_clip(self.clip))
         for name in ("r", "q"):
             v = getattr(self, name)
-            if v is not None and not (math.isfinite(float(v)) and abs(float(v)) < 1.0):
+            if v is not None and not (np.isfinite(float(v)) and abs(float(v)) < 1.0):
                 raise InputError(f"{name} must be a rate like 0.04 (4%), got {v!r}")
         if self.expiries is not None:
-            from core.quotes import parse_expiry
-
             if isinstance(self.expiries, str):
                 raise InputError("expiries must be a list of dates (YYYY-MM-DD), not one string")
-            exp = tuple(str(parse_expiry(e).date()) for e in self.expiries)
+            exp = tuple(_expiry_spec(e) for e in self.expiries)
             if not exp:
                 raise InputError("expiries is an empty list: leave it out to use every usable expiry")
             object.__setattr__(self, "expiries", exp)
@@ -83,8 +97,6 @@ class Settings:
 
     def cleaning_config(self):
         """The ``CleaningConfig`` these settings imply."""
-        from core.cleaning import CleaningConfig
-
         kw: dict[str, Any] = {"min_volume": self.min_volume, "min_open_interest": self.min_open_interest}
         if self.max_spread_frac is not None:
             kw["max_spread_frac"] = self.max_spread_frac
@@ -105,11 +117,53 @@ class Prepared:
     seconds: dict
 
 
-def _default_expiries(q: pd.DataFrame, settings: Settings) -> list[str]:
-    ok = q[(q["reason"] == "ok") & np.isfinite(q["iv_mid"])]
-    per = ok.groupby(ok["expiry"].dt.strftime("%Y-%m-%d")).agg(n=("strike", "size"), T=("T", "first"))
-    per = per[(per["n"] >= settings.min_quotes_per_expiry) & (per["T"] <= settings.max_T)]
-    return list(per.index)
+def _expiry_spec(value) -> str:
+    """A user's expiry choice as ``'YYYY-MM-DD'`` (every series of that date), ``'YYYY-MM-DD AM'`` or
+    ``'YYYY-MM-DD PM'`` (one series); ``InputError`` naming the value when it is not a date."""
+    text = str(value).strip()
+    parts = text.rsplit(" ", 1)
+    if len(parts) == 2 and parts[1].upper() in ("AM", "PM"):
+        return f"{parse_expiry(parts[0]).date()} {parts[1].upper()}"
+    return str(parse_expiry(value if not isinstance(value, str) else text).date())
+
+
+def _spec_matches(spec: str, key: str) -> bool:
+    """Whether an ``_expiry_spec`` names the series ``key`` (``core.quotes.expiry_key``)."""
+    date, _, settle = spec.partition(" ")
+    kd, _, ks = key.partition(" ")
+    return date == kd and (not settle or settle == (ks or "PM"))
+
+
+def _expiry_dates(q: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's expiry series as an index into the sorted keys of ``core.quotes.expiry_key`` (``'YYYY-MM-DD'``
+    PM, ``'YYYY-MM-DD AM'``; -1 where the expiry is missing), and those keys: one ``strftime`` per distinct
+    series rather than one per quote."""
+    settle = q["settlement"].astype(str).str.upper() if "settlement" in q.columns else pd.Series("PM", index=q.index)
+    frame = pd.DataFrame({"e": pd.to_datetime(q["expiry"]).to_numpy(), "s": settle.to_numpy()})
+    codes, uniq = pd.factorize(pd.MultiIndex.from_frame(frame), sort=True)
+    ok = pd.notna(frame["e"]).to_numpy()
+    if len(uniq) == 0:
+        return np.full(len(q), -1, dtype=np.int64), np.array([], dtype=object)
+    keys = np.array([expiry_key(e, st) if pd.notna(e) else "" for e, st in uniq], dtype=object)
+    names, inv = np.unique(keys, return_inverse=True)
+    code = np.where((codes >= 0) & ok, inv[np.maximum(codes, 0)], -1)
+    return code, names
+
+
+def _default_expiries(q: pd.DataFrame, settings: Settings, expiry_dates=None) -> list[str]:
+    """The expiry dates to fit by default: at least ``min_quotes_per_expiry`` usable quotes with a finite
+    implied vol, and ``T`` (of the first such quote) at most ``max_T``. ``expiry_dates``: ``_expiry_dates(q)``."""
+    code, dates = _expiry_dates(q) if expiry_dates is None else expiry_dates
+    sel = (q["reason"] == "ok").to_numpy(dtype=bool) & np.isfinite(q["iv_mid"].to_numpy(dtype=float)) & (code >= 0)
+    n = np.bincount(code[sel], minlength=len(dates))
+    T = q["T"].to_numpy(dtype=float)
+    with_T = sel & np.isfinite(T)
+    first_T = np.full(len(dates), np.nan)
+    which, first = np.unique(code[with_T], return_index=True)  # the first quote of each date, in row order
+    first_T[which] = T[with_T][first]
+    with np.errstate(invalid="ignore"):
+        keep = (n >= settings.min_quotes_per_expiry) & (first_T <= settings.max_T)
+    return [str(d) for d in dates[keep]]
 
 
 def prepare(chain: QuoteChain, settings: Settings = Settings()) -> Prepared:
@@ -118,10 +172,6 @@ def prepare(chain: QuoteChain, settings: Settings = Settings()) -> Prepared:
     Quotes of expiries that are not selected stay in the table with ``use = False`` and
     ``use_rule = 'expiry not selected'``: nothing is dropped.
     """
-    from core.black import quote_implied_vols
-    from core.cleaning import check_bounds, clean_quotes, reason_counts, select_for_fit
-    from core.forwards import implied_forwards
-
     if not isinstance(chain, QuoteChain):
         raise InputError(f"prepare needs a QuoteChain, got {type(chain).__name__}")
     if len(chain.quotes) == 0:
@@ -133,18 +183,19 @@ def prepare(chain: QuoteChain, settings: Settings = Settings()) -> Prepared:
     q = check_bounds(q, fwd)
     t2 = time.perf_counter()
     q = quote_implied_vols(q, fwd)
-    q = select_for_fit(q, fwd, chain.exercise)
+    q = select_for_fit(q, fwd, chain.exercise, settings.cleaning_config())
     t3 = time.perf_counter()
-    all_exp = sorted(q["expiry"].dt.strftime("%Y-%m-%d").unique())
+    code, dates = _expiry_dates(q)
+    all_exp = [str(d) for d in dates if d]
     if settings.expiries is not None:
-        unknown = sorted(set(settings.expiries) - set(all_exp))
+        unknown = [e for e in settings.expiries if not any(_spec_matches(e, k) for k in all_exp)]
         if unknown:
             raise InputError(f"expiries {unknown} are not in the chain; available: {all_exp}")
-        chosen = list(settings.expiries)
+        chosen = [k for k in all_exp if any(_spec_matches(e, k) for e in settings.expiries)]
     else:
-        chosen = _default_expiries(q, settings)
-    exp_str = q["expiry"].dt.strftime("%Y-%m-%d")
-    off = ~exp_str.isin(chosen) & q["use"].astype(bool)
+        chosen = _default_expiries(q, settings, (code, dates))
+    in_chosen = np.r_[np.isin(dates, chosen), False]  # the last entry: rows without an expiry (code -1)
+    off = ~in_chosen[code] & use_mask(q)
     q.loc[off, "use"] = False
     q.loc[off, "use_rule"] = "expiry not selected"
     return Prepared(chain=chain, quotes=q, forwards=fwd, expiries=tuple(chosen), counts=reason_counts(q),
@@ -153,10 +204,7 @@ def prepare(chain: QuoteChain, settings: Settings = Settings()) -> Prepared:
 
 def fit(prepared: Prepared, settings: Settings = Settings()):
     """Fit the implied-vol surface (``core.surface.fit.fit_surface``) to the selected quotes."""
-    from core.surface.fit import fit_surface
-
-    used = prepared.quotes[prepared.quotes["use"].astype(bool)]
-    if used.empty:
+    if used(prepared.quotes).empty:
         raise FitError("no usable quotes to fit: widen the quote filters or choose other expiries")
     return fit_surface(prepared.quotes, prepared.forwards, method=FIT_METHOD[settings.method],
                        smoothing=settings.smoothing)
@@ -165,11 +213,11 @@ def fit(prepared: Prepared, settings: Settings = Settings()):
 def grid_axes(prepared: Prepared, fit_result, settings: Settings = Settings()) -> tuple[np.ndarray, np.ndarray]:
     """Strike and expiry axes of the local-vol grid: ``n_strikes`` strikes over the quoted strikes of the
     used quotes (1st to 99th percentile) and ``n_expiries`` times over the quoted expiries."""
-    used = prepared.quotes[prepared.quotes["use"].astype(bool)]
-    T_lo, T_hi = float(used["T"].min()), float(used["T"].max())
+    fit_quotes = used(prepared.quotes)
+    T_lo, T_hi = float(fit_quotes["T"].min()), float(fit_quotes["T"].max())
     if not T_hi > T_lo:
         T_hi = T_lo * 1.5 + 1e-3
-    K_lo, K_hi = np.quantile(used["strike"], [0.01, 0.99])
+    K_lo, K_hi = np.quantile(fit_quotes["strike"], [0.01, 0.99])
     if not K_hi > K_lo:
         K_lo, K_hi = 0.8 * K_lo, 1.2 * K_hi
     return np.linspace(K_lo, K_hi, settings.n_strikes), np.linspace(T_lo, T_hi, settings.n_expiries)
@@ -177,8 +225,6 @@ def grid_axes(prepared: Prepared, fit_result, settings: Settings = Settings()) -
 
 def local_vol(prepared: Prepared, fit_result, settings: Settings = Settings(), strikes=None, T=None):
     """Dupire local vol on the grid (``core.localvol.local_vol_grid``) with the settings' clip band."""
-    from core.localvol import local_vol_grid
-
     if strikes is None or T is None:
         strikes, T = grid_axes(prepared, fit_result, settings)
     return local_vol_grid(fit_result.surface, prepared.forwards, strikes, T, clip=settings.clip,
@@ -187,11 +233,9 @@ def local_vol(prepared: Prepared, fit_result, settings: Settings = Settings(), s
 
 def arbitrage(prepared: Prepared, fit_result, settings: Settings = Settings()):
     """Static-arbitrage diagnostics: ``(SurfaceArbitrage on a (y, T) grid, model-free quote violations)``."""
-    from core.arbitrage import quote_arbitrage, surface_arbitrage
-
-    used = prepared.quotes[prepared.quotes["use"].astype(bool)]
-    y_lo, y_hi = float(used["y"].min()), float(used["y"].max())
-    T_lo, T_hi = float(used["T"].min()), float(used["T"].max())
+    fit_quotes = used(prepared.quotes)
+    y_lo, y_hi = float(fit_quotes["y"].min()), float(fit_quotes["y"].max())
+    T_lo, T_hi = float(fit_quotes["T"].min()), float(fit_quotes["T"].max())
     y_grid = np.linspace(y_lo, y_hi, settings.n_strikes)
     T_grid = np.linspace(T_lo, max(T_hi, T_lo * 1.01), settings.n_expiries)
     qa = quote_arbitrage(prepared.quotes, prepared.forwards)
@@ -205,18 +249,13 @@ def local_vol_function(prepared: Prepared, fit_result, settings: Settings = Sett
     """The clipped local vol as a vectorised ``lv(K, T)`` for pricing: Gatheral's formula on the fitted
     surface at any point (not only the display grid); where undefined it falls back to implied vol.
     The round trip, the exotics and the scenarios all price under this one function."""
-    from core.pricing._lv import local_vol_from_surface
-
     return local_vol_from_surface(fit_result.surface, prepared.forwards, clip=settings.clip)
 
 
 def reprice(prepared: Prepared, fit_result, settings: Settings = Settings(), **grid):
     """Round trip: reprice the fitted quotes by the forward Dupire PDE under the clipped local vol."""
-    from core.pricing.pde import reprice as pde_reprice
-
     lv = local_vol_function(prepared, fit_result, settings)
-    used = prepared.quotes[prepared.quotes["use"].astype(bool)]
-    return pde_reprice(used, lv, prepared.forwards, **grid)
+    return pde_reprice(used(prepared.quotes), lv, prepared.forwards, **grid)
 
 
 @dataclass(frozen=True)
@@ -257,25 +296,6 @@ def calibrate(chain: QuoteChain, settings: Settings = Settings(), *, with_repric
 
 
 # ----------------------------------------------------------------------------------------- outputs
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.bool_, bool)):
-        return bool(obj)
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    if isinstance(obj, (pd.Timestamp,)):
-        return obj.isoformat()
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    return obj
-
-
 def quotes_frame(prepared: Prepared, fit_result=None) -> pd.DataFrame:
     """Every quote with its reason code, implied vols and (where fitted) the fitted vol."""
     q = prepared.quotes.copy()
@@ -301,35 +321,47 @@ def summary_dict(chain: QuoteChain, prepared: Prepared, fit_result=None, lv=None
                  seconds=None, settings: Settings | None = None) -> dict:
     """The keys scripts rely on (README, "summary.json")."""
     q = prepared.quotes
-    used = q[q["use"].astype(bool)]
+    code, names = _expiry_dates(q)
+    n_used = np.bincount(code[use_mask(q) & (code >= 0)], minlength=len(names))
+    # each forwards row is one series: its key from the quotes of that expiry time
+    key_of = {}
+    for k, (e, et) in zip(code, zip(q["expiry"], q["expiry_time"], strict=True), strict=True):
+        if k >= 0:
+            key_of.setdefault((pd.Timestamp(e), pd.Timestamp(et)), int(k))
+    fit_quotes = used(q)
     expiries = []
     fwd = prepared.forwards.table
     for _, row in fwd.iterrows():
-        e = pd.Timestamp(row["expiry"]).strftime("%Y-%m-%d") if pd.notna(row["expiry"]) else None
-        item = {"expiry": e, "T": row["T"], "forward": row["F"], "discount": row["D"],
-                "n_used": int((used["expiry"].dt.strftime("%Y-%m-%d") == e).sum()) if e else 0}
+        k = key_of.get((pd.Timestamp(row["expiry"]), pd.Timestamp(row["expiry_time"]))) if pd.notna(row["expiry"]) else None
+        e = str(names[k]) if k is not None else None
+        item = {"expiry": e, "settlement": ("AM" if e and e.endswith(" AM") else "PM") if e else None,
+                "T": row["T"], "forward": row["F"], "discount": row["D"],
+                "n_used": int(n_used[k]) if k is not None else 0}
         if fit_result is not None and e is not None:
             item["rmse_bp"] = fit_result.rmse_bp.get(e)
             item["inside_bid_ask"] = fit_result.inside_share.get(e)
         expiries.append(item)
     out = {
         "source": chain.source, "underlying": chain.underlying, "spot": chain.spot,
-        "asof": pd.Timestamp(chain.asof).isoformat(), "exercise": chain.exercise,
+        # the quote time as read, and the time T runs from (core.calendar.market_time): New York, with offset
+        "asof": pd.Timestamp(chain.asof).tz_convert("America/New_York").isoformat(),
+        "market_time": pd.Timestamp(chain.market_time).tz_convert("America/New_York").isoformat(),
+        "exercise": chain.exercise,
         "method": settings.method if settings else None,
-        "n_quotes": int(len(q)), "n_used": int(len(used)),
+        "n_quotes": int(len(q)), "n_used": int(len(fit_quotes)),
         "excluded": {k: int(v) for k, v in prepared.counts.items() if k != "ok"},
         "expiries": expiries,
     }
     if lv is not None:
         c = lv.counts
         out["local_vol"] = {k: int(c.get(k, 0)) for k in ("cells", "clipped", "butterfly", "calendar", "extrapolated")}
-        out["clip"] = list(lv.clip) if getattr(lv, "clip", None) is not None else None
+        out["clip"] = list(lv.clip)
     if repricing is not None:
         out["repricing"] = {"max_bp": repricing.max_bp, "mean_bp": repricing.mean_bp,
                             "inside_bid_ask": repricing.inside_bid_ask}
     if seconds is not None:
         out["seconds"] = dict(seconds)
-    return _jsonable(out)
+    return jsonable(out)
 
 
 def write_outputs(cal: Calibration, out_dir) -> dict[str, Path]:
@@ -350,12 +382,11 @@ def write_outputs(cal: Calibration, out_dir) -> dict[str, Path]:
     surface = {"method": fr.method, "settings_method": cal.settings.method, "smoothing": cal.settings.smoothing,
                "params": fr.params, "rmse_bp": fr.rmse_bp, "inside_bid_ask": fr.inside_share,
                "warnings": list(fr.warnings), "failed_expiries": list(fr.failed_expiries), "seconds": fr.seconds}
-    put("surface.json", lambda p: p.write_text(json.dumps(_jsonable(surface), indent=2)))
+    put("surface.json", lambda p: p.write_text(json.dumps(jsonable(surface), indent=2)))
     put("local_vol.csv", lambda p: p.write_bytes(safe_csv(cal.local_vol.to_frame())))
     sarb, qarb = cal.arbitrage
-    arb = {"surface": sarb.to_dict() if hasattr(sarb, "to_dict") else _jsonable(getattr(sarb, "counts", {})),
-           "quotes": qarb.to_dict(orient="records") if qarb is not None else []}
-    put("arbitrage.json", lambda p: p.write_text(json.dumps(_jsonable(arb), indent=2, default=str)))
+    arb = {"surface": sarb.counts, "quotes": qarb.to_dict(orient="records")}
+    put("arbitrage.json", lambda p: p.write_text(json.dumps(jsonable(arb), indent=2)))
     if cal.repricing is not None:
         put("repricing.csv", lambda p: p.write_bytes(safe_csv(cal.repricing.table)))
     summ = summary_dict(prep.chain, prep, fr, cal.local_vol, cal.repricing, cal.seconds, cal.settings)
@@ -364,35 +395,33 @@ def write_outputs(cal: Calibration, out_dir) -> dict[str, Path]:
 
 
 # ----------------------------------------------------------------------------------------- sources
-def open_source(spec: str, *, spot: float | None = None, asof=None, expiries=None, timeout: float = 8.0,
+def open_source(spec: Any, *, spot: float | None = None, asof=None, expiries=None, timeout: float = 8.0,
                 progress=None) -> QuoteChain:
     """A chain from a source spec: ``demo``, ``demo:SEED``, ``yahoo:TICKER`` or a file path (any format
-    ``core.sources.detect.load_file`` reads, snapshots included)."""
-    spec = str(spec).strip()
-    if spec == "demo" or spec.startswith("demo:"):
-        from core.sources.demo import demo_chain
-
+    ``core.sources.detect.load_file`` reads, snapshots included); a list of several file paths, or a
+    folder, loads files of one underlying and quote day into one chain (``core.sources.detect.load_files``)."""
+    specs = [spec] if isinstance(spec, (str, Path)) else list(spec)
+    if not specs:
+        raise InputError("no source given: name 'demo', 'yahoo:TICKER', a file, several files or a folder")
+    spec = str(specs[0]).strip()
+    if len(specs) > 1 or Path(spec).is_dir():   # one expiry per file, as CBOE downloads can be
+        chain = load_files(files_in([str(s).strip() for s in specs]), spot=spot, asof=asof)
+    elif spec == "demo" or spec.startswith("demo:"):
         text = spec.split(":", 1)[1] if ":" in spec else "7"
         if not re.fullmatch(r"[0-9]+", text.strip()):
             raise InputError(f"source {spec!r}: the demo seed must be a whole number >= 0, e.g. demo:7")
         seed = int(text)
         chain = demo_chain(seed=seed) if asof is None else demo_chain(seed=seed, asof=asof)
     elif spec.lower().startswith("yahoo:"):
-        from core.sources.yahoo import YahooSource
-
         chain = YahooSource(timeout=timeout).chain(spec.split(":", 1)[1], expiries=expiries, progress=progress)
         expiries = None
     else:
-        from core.sources.detect import load_file
-
         path = Path(spec)
         if not path.is_file():
             raise InputError(f"source {spec!r} is neither 'demo', 'yahoo:TICKER' nor an existing file")
         with open(path, "rb") as fh:
             gz = fh.read(2) == b"\x1f\x8b"
         if gz:  # a saved snapshot (gzip): opened through its store, which checks its checksum
-            from core.sources.snapshots import SnapshotStore
-
             chain = SnapshotStore(path.parent).load(path)
         else:
             chain = load_file(path, spot=spot, asof=asof)

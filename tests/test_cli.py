@@ -322,7 +322,7 @@ def test_calibrate_demo_subprocess(tmp_path):
     assert set(res["files"]) >= CALIBRATE_FILES
     summ = json.loads((o / "summary.json").read_text())
     assert SUMMARY_KEYS <= set(summ), SUMMARY_KEYS - set(summ)
-    assert summ["source"] == "demo" and summ["method"] == "ssvi" and summ["spot"] == pytest.approx(5000.0)
+    assert summ["source"] == "demo" and summ["method"] == "spline" and summ["spot"] == pytest.approx(5000.0)
     pd.Timestamp(summ["asof"])
     assert LOCAL_VOL_KEYS <= set(summ["local_vol"]) and summ["local_vol"]["cells"] == 120
     assert summ["expiries"] and all(EXPIRY_KEYS <= set(e) for e in summ["expiries"])

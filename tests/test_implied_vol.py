@@ -300,7 +300,7 @@ def test_numba_import_is_lazy_and_failure_falls_back_with_a_warning(monkeypatch)
     subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     # a kernel module that cannot be built: one RuntimeWarning, then the numpy path, same answers
     monkeypatch.delenv(NO_NUMBA_ENV, raising=False)
-    monkeypatch.setattr(black, "_numba_state", {})
+    monkeypatch.setattr(black._KERNELS, "_state", {})
     monkeypatch.setitem(sys.modules, "core._black_numba", None)   # makes the import fail
     with pytest.warns(RuntimeWarning, match="numba kernels are unusable"):
         assert backend() == "numpy"

@@ -20,6 +20,7 @@ from core.pipeline import (
     write_outputs,
 )
 from core.sources.demo import demo_chain
+from tests.reference import ssvi_local_vol_reference
 
 SUMMARY_KEYS = {"source", "spot", "asof", "method", "n_quotes", "n_used", "excluded", "expiries", "local_vol", "seconds"}
 EXPIRY_KEYS = {"expiry", "T", "forward", "discount", "n_used", "rmse_bp", "inside_bid_ask"}
@@ -78,8 +79,6 @@ def test_ssvi_fit_local_vol_close_to_truth(demo, demo_prepared):
     """The demo is generated from SSVI with tick-rounded bid/ask: the SSVI fit's local vol must be close
     to the closed form inside 0.7-1.3 forward and T >= 1 month. Tolerance: quotes are rounded to
     ticks, so the fit cannot be exact; measured 24 bp max, 3.3 bp median."""
-    from core.surface.ssvi import ssvi_local_vol
-
     model = demo.meta["model"]
     fr = fit(demo_prepared, Settings(method="ssvi"))
     fw = demo.meta["forwards"]
@@ -87,7 +86,7 @@ def test_ssvi_fit_local_vol_close_to_truth(demo, demo_prepared):
     K = np.linspace(0.7, 1.3, 49) * model["spot"]
     lv = local_vol(demo_prepared, fr, Settings(clip=(0.0, 10.0)), strikes=K, T=T)
     y = np.log(K[None, :] / fw.F(T)[:, None])
-    truth = ssvi_local_vol(model["surface"], y, T[:, None])
+    truth = ssvi_local_vol_reference(model["surface"], y, T[:, None])
     m = K[None, :] / fw.F(T)[:, None]
     box = (m >= 0.7) & (m <= 1.3)
     err = np.abs(lv.local_vol_raw - truth)[box] * 1e4

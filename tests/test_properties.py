@@ -867,7 +867,7 @@ def test_seeds_local_vol_mc(K, T, kind, n_paths, n_steps, seed):
 @counted
 def test_forward_dupire_pde(expiries, sigma, grid):
     from core.black import black_price
-    from core.pricing._lv import constant_local_vol
+    from core.localvol import constant_local_vol
     from core.pricing.pde import forward_dupire
 
     fwd = flat_forwards()
@@ -893,7 +893,7 @@ def test_forward_dupire_pde(expiries, sigma, grid):
 
 @pytest.mark.parametrize("T", [1e300, 1.7976931348623157e308])
 def test_forward_dupire_absurd_expiry(T):
-    from core.pricing._lv import constant_local_vol
+    from core.localvol import constant_local_vol
     from core.pricing.pde import forward_dupire
 
     with warnings.catch_warnings():
@@ -912,7 +912,7 @@ def test_forward_dupire_absurd_expiry(T):
 @counted
 def test_mc_european_flat_vol(sigma, T, strikes, cp, n_paths, n_steps, seed):
     from core.black import black_price
-    from core.pricing._lv import constant_local_vol
+    from core.localvol import constant_local_vol
     from core.pricing.mc import mc_european
 
     fwd = flat_forwards()
@@ -935,7 +935,7 @@ def test_mc_european_flat_vol(sigma, T, strikes, cp, n_paths, n_steps, seed):
        st.sampled_from(["continuous", "discrete", "weekly"]), st.integers(64, 400), st.integers(2, 16))
 @counted
 def test_price_barrier(kind, strike, barrier, T, cp, monitoring, n_paths, n_steps):
-    from core.pricing._lv import constant_local_vol
+    from core.localvol import constant_local_vol
     from core.pricing.exotics import price_barrier
 
     ok = kind != "sideways" and np.isfinite(strike) and strike > 0 and T > 0 and monitoring != "weekly"
@@ -960,7 +960,7 @@ def test_price_barrier(kind, strike, barrier, T, cp, monitoring, n_paths, n_step
        st.integers(-1, 24), st.sampled_from([1, -1]), st.integers(64, 400), st.integers(2, 16))
 @counted
 def test_price_asian(strike, T, n_fixings, cp, n_paths, n_steps):
-    from core.pricing._lv import constant_local_vol
+    from core.localvol import constant_local_vol
     from core.pricing.exotics import price_asian
 
     ok = np.isfinite(strike) and strike > 0 and T > 0 and n_fixings >= 1

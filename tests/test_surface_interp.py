@@ -2,7 +2,7 @@
 and the bare-grid surface built on them (core.surface.grid).
 
 Ground truth: power-law SSVI (Gatheral & Jacquier 2014) with a ``ThetaParametric`` term structure, whose
-local vol is known in closed form (``core.surface.ssvi.ssvi_local_vol``). The grid is a user's kind of grid:
+local vol is known in closed form (``tests.reference.ssvi_local_vol_reference``). The grid is a user's kind of grid:
 strikes every 2.5% of spot, 9 expiries from 1 month to 2 years; errors inside 0.7-1.3 forward, T >= 1 month.
 """
 from __future__ import annotations
@@ -20,9 +20,10 @@ from core.forwards import Forwards
 from core.surface.base import butterfly_g
 from core.surface.grid import GridSurface
 from core.surface.interp import MonotoneThetaCurve, SliceSurface, TInterp, butterfly_safeguard, monotone_hermite
-from core.surface.ssvi import SSVISurface, ThetaParametric, ssvi_local_vol
+from core.surface.ssvi import SSVISurface, ThetaParametric
 from core.surface.ssvi_fit import ThetaBackbone
 from core.surface.svi import SVISlice
+from tests.reference import ssvi_local_vol_reference
 
 S0, R, Q = 100.0, 0.03, 0.01
 TRUE = SSVISurface(rho=-0.65, eta=1.1, gamma=0.4, theta_curve=ThetaParametric(0.15**2, 0.2**2, 1.5))
@@ -50,7 +51,7 @@ def _lv_errors_bp(surface):
     g = butterfly_g(y, d.w, d.w_y, d.w_yy)
     with np.errstate(invalid="ignore", divide="ignore"):
         lv = np.sqrt(d.w_T / g)
-    e = np.abs(lv - ssvi_local_vol(TRUE, y, TT)) * 1e4
+    e = np.abs(lv - ssvi_local_vol_reference(TRUE, y, TT)) * 1e4
     assert np.isfinite(e).all()
     return float(e.max()), float(np.median(e))
 

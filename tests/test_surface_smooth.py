@@ -16,7 +16,8 @@ from core.surface import smooth as sm
 from core.surface.fit import fit_surface
 from core.surface.interp import SliceSurface
 from core.surface.smooth import SplineSlice, SplineStack, fit_smooth_slice
-from core.surface.ssvi import SSVISurface, ThetaParametric, ssvi_local_vol
+from core.surface.ssvi import SSVISurface, ThetaParametric
+from tests.reference import ssvi_local_vol_reference
 from tests.test_surface_fit import dense_arbitrage
 
 S0, R, Q = 100.0, 0.03, 0.01
@@ -71,7 +72,7 @@ def _lv_errors_bp(surface, fw):
     Kg = np.linspace(0.7, 1.3, 61) * S0
     lv = local_vol_grid(surface, fw, Kg, Tg, clip=(0, 10))
     y = np.log(Kg[None, :] / fw.F(Tg)[:, None])
-    true = ssvi_local_vol(TRUE, y, Tg[:, None])
+    true = ssvi_local_vol_reference(TRUE, y, Tg[:, None])
     mny = Kg[None, :] / fw.F(Tg)[:, None]
     box = (mny >= 0.7) & (mny <= 1.3)
     return np.abs(lv.local_vol_raw - true)[box] * 1e4

@@ -32,6 +32,17 @@ def butterfly_g(y, w, w_y, w_yy):
         return (1.0 - y * w_y / (2.0 * w)) ** 2 - 0.25 * w_y**2 * (1.0 / w + 0.25) + 0.5 * w_yy
 
 
+def butterfly_g_grad(y, w, w_y, w_yy):
+    """``g`` and its partial derivatives ``(dg/dw, dg/dw_y, dg/dw_yy)`` (closed form of ``butterfly_g``), for
+    linearising the butterfly condition in a fit. Arrays broadcast; ``w > 0``."""
+    y, w, w_y = (np.asarray(a, dtype=float) for a in (y, w, w_y))
+    A = 1.0 - y * w_y / (2.0 * w)
+    g = A * A - w_y * w_y / (4.0 * w) - w_y * w_y / 16.0 + 0.5 * np.asarray(w_yy, dtype=float)
+    g_w = A * y * w_y / (w * w) + w_y * w_y / (4.0 * w * w)
+    g_wy = -A * y / w - w_y / (2.0 * w) - w_y / 8.0
+    return g, g_w, g_wy, 0.5
+
+
 class VolSurface(ABC):
     """Total implied variance ``w(y, T)`` with analytic derivatives (abstract).
 

@@ -59,7 +59,7 @@ import numpy as np
 from scipy.interpolate import BSpline, PPoly
 
 from core.errors import ConvergenceWarning, FitError
-from core.surface.base import butterfly_g
+from core.surface.base import butterfly_g, butterfly_g_grad
 
 SLOPE_MAX = 1.98
 G_MARGIN = 0.02
@@ -218,15 +218,6 @@ class SplineStack:
         return _extend(yc, w, w1, c3)
 
 
-def _g_and_grad(y, w, w1, w2):
-    """``g`` and its partial derivatives in ``(w, w', w'')`` (closed form of ``butterfly_g``)."""
-    A = 1.0 - y * w1 / (2.0 * w)
-    g = A * A - w1 * w1 / (4.0 * w) - w1 * w1 / 16.0 + 0.5 * w2
-    g_w = 2.0 * A * y * w1 / (2.0 * w * w) + w1 * w1 / (4.0 * w * w)
-    g_w1 = 2.0 * A * (-y / (2.0 * w)) - w1 / (2.0 * w) - w1 / 8.0
-    return g, g_w, g_w1, 0.5
-
-
 def _penalised(A, rhs, lam, Pz, yg, G0, G1, G2, E1, w_prev, w_floor, scale, wscale, mix=()):
     """Residuals and analytic Jacobian of the penalised spline problem in ``z``: data, smoothness,
     butterfly (``g >= G_MARGIN`` on ``yg``, also for the blends ``(1 - t) w_before + t w`` in ``mix``:
@@ -249,7 +240,7 @@ def _penalised(A, rhs, lam, Pz, yg, G0, G1, G2, E1, w_prev, w_floor, scale, wsca
     def jac(z, k):
         w, w1, w2 = G0 @ z, G1 @ z, G2 @ z
         wp = np.maximum(w, w_floor)
-        g, g_w, g_w1, g_w2 = _g_and_grad(yg, wp, w1, w2)
+        g, g_w, g_w1, g_w2 = butterfly_g_grad(yg, wp, w1, w2)
         act = ((G_MARGIN - g) > 0)[:, None]
         s_lo, s_hi = E1 @ z
         sl = np.array([s_lo - SLOPE_MAX, -SLOPE_MAX - s_lo, -s_hi - SLOPE_MAX, s_hi - SLOPE_MAX]) > 0
@@ -260,7 +251,7 @@ def _penalised(A, rhs, lam, Pz, yg, G0, G1, G2, E1, w_prev, w_floor, scale, wsca
         if w_prev is not None:
             parts.append(-k[1] * wscale * G0 * ((w_prev - w) > 0)[:, None])
         for t, b0, b1, b2 in mix:
-            gt, gt_w, gt_w1, gt_w2 = _g_and_grad(yg, np.maximum((1 - t) * b0 + t * w, w_floor),
+            gt, gt_w, gt_w1, gt_w2 = butterfly_g_grad(yg, np.maximum((1 - t) * b0 + t * w, w_floor),
                                                  (1 - t) * b1 + t * w1, (1 - t) * b2 + t * w2)
             act_t = ((G_MARGIN - gt) > 0)[:, None]
             parts.append(-k[0] * scale * t * act_t * (gt_w[:, None] * G0 + gt_w1[:, None] * G1 + gt_w2 * G2))
