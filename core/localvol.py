@@ -47,9 +47,12 @@ from core.surface.base import Derivatives, VolSurface, butterfly_g
 
 METHODS = ("gatheral", "price-fd", "price-spline")
 FLAGS = ("clipped_low", "clipped_high", "butterfly", "calendar", "extrapolated")
-#: the default clip band ``(lo, hi)`` for local vol, in vol units (2% to 200%): the pipeline's
-#: ``Settings``, the command line, the seeds' API and every pricing callable use this one default
-DEFAULT_CLIP = (0.02, 2.0)
+#: the default clip band ``(lo, hi)`` for local vol, in vol units (2% to 500%): the pipeline's
+#: ``Settings``, the command line, the seeds' API and every pricing callable use this one default. The top
+#: is wide because the wings of expiries one to three weeks out need local vols of 200-500% to reprice
+#: (measured on real SPX and NDX chains: a 200% cap lost 5% of the NDX 2023-05-26 round trip); it is there
+#: against blow-ups where the density vanishes, not to shape the surface.
+DEFAULT_CLIP = (0.02, 5.0)
 #: below this ``T`` (years, about 30 minutes) a pricing callable evaluates the surface at ``T_MIN``:
 #: ``w -> 0`` makes Gatheral's formula 0/0 at ``T = 0``, and one half-hour of variance is immaterial
 T_MIN = 1.0 / (365.0 * 48.0)

@@ -165,8 +165,8 @@ REAL = ["spx_20240105_close.csv", "ndx_20230526_close.csv", "spx_20220610_close.
 def test_default_fit_on_real_index_chains(shared_data, name):
     """The default method on every European index chain in cboe_modern: inside bid/ask, used quotes, no
     arbitrage flag in the quoted range, and every expiry that misses its band often is named with a reason.
-    Measured at the time of writing (fit / round trip inside): SPX 2024-01-05 96.4% / 96.4%, NDX 2023-05-26
-    99.9% / 96.1%, SPX 2022-06-10 99.9% / 99.8%, SPX 2022-07-12 99.6% / 99.5%, SPX 2023-12-08 99.5% / 98.7%."""
+    Measured at the time of writing (fit / round trip inside): SPX 2024-01-05 96.0% / 95.7%, NDX 2023-05-26
+    99.8% / 97.6%, SPX 2022-06-10 98.4% / 97.7%, SPX 2022-07-12 99.0% / 98.9%, SPX 2023-12-08 96.8% / 95.6%."""
     from core import pipeline as P
     from core.sources.detect import load_file
 

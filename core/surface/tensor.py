@@ -23,7 +23,11 @@ Fit (``fit_tensor``). Penalised least squares in vol units (P-splines in two dim
     sum_i rho_i wt_i (v(zeta_i, u_i) - v_i)^2 / (2 sigma_i)^2  +  lam_z ||D2_zeta C||^2 + lam_u ||D2_u C||^2
 
 (``wt_i`` the quote weights of ``core.surface.fit.quote_weights``: 1 / vol spread^2; ``dv = 2 sigma dsigma``).
-Two Huber rounds down-weight gross outliers (residuals in units of the half bid/ask band); each is one banded
+Two Huber rounds down-weight gross outliers (residuals in units of the half bid/ask band), then two rounds
+make the loss insensitive inside the band (weight ``0.1 + 0.9 min(1, (r / half band)^2)``: noise within the
+spread is not followed; measured on the demo, whose mids sit off the true vols by up to 40% of the half
+spread: local vol's median error against the closed form 43 -> 32 bp). The penalties grow as the square of
+the median half spread beyond 8 bp (wide markets leave room to be smooth). Each round is one banded
 Cholesky solve (coefficients numbered ``u``-major: bandwidth ``3 (nz + 3) + 3``). Then static arbitrage is
 removed by a sequential QP (OSQP) on a check grid over the whole knot domain: ``w_T >= 0``, ``w > 0`` and
 outward end slopes are linear in ``C``; ``g >= G_MARGIN`` is linearised at the current solution. Check points
@@ -59,7 +63,11 @@ ZETA_MARGIN = 0.35      # knot domain beyond the outermost quote, in zeta
 U_MARGIN = 0.05         # ... and beyond the first / last expiry, in ln T
 LAM_Z = 3e-4            # relative roughness penalties at smoothing 0 (times the mean data diagonal)
 LAM_U = 2e-3            # (the ln T penalty is what keeps local vol from striping between expiries)
+B_REF = 8e-4            # half spread (8 bp, liquid SPX) at and below which the penalties take their base values
+BAND_POW = 2.0          # ... as (median half spread / B_REF)^BAND_POW
 SMOOTH_DECADES = 4.0    # smoothing 1 multiplies both penalties by 10^4
+INSENSITIVE_ROUNDS = 2  # epsilon-insensitive rounds (below)
+BAND_FLOOR = 0.1        # weight of a quote fitted at its mid, against 1 at the edge of its band or beyond
 HUBER_C = 4.0           # gross outliers: residual beyond 4 half bands (and 4 x 10 bp) is down-weighted
 G_MARGIN = 5e-3         # butterfly rows ask for g >= G_MARGIN
 W_T_MARGIN = 5e-4       # calendar rows ask for w_T >= W_T_MARGIN (local vol >= about 2%: the clip floor)
@@ -299,6 +307,10 @@ def _fit_tensor(T_nodes, y, iv, wt, idx, *, smoothing, band, y_lo, y_hi) -> Tens
     AtA0 = (A.multiply(scale[:, None] ** 2)).T @ A
     diag = float(np.mean(AtA0.diagonal())) if P else 1.0
     mult = 10.0 ** (SMOOTH_DECADES * float(np.clip(smoothing, 0.0, 1.0)))
+    # wide spreads leave room: the penalties grow with the median half spread beyond B_REF (a market quoted
+    # 50 bp wide is not followed as closely as one quoted 8 bp wide; the data term alone cannot tell them
+    # apart, its weights being relative)
+    mult *= max(1.0, float(np.median(half)) / B_REF) ** BAND_POW
     Pen = diag * mult * (LAM_Z * Pz + LAM_U * Pu)
     # a whisper of ridge towards the mean variance keeps far corners determined
     ridge = 1e-7 * diag
@@ -347,6 +359,12 @@ def _fit_tensor(T_nodes, y, iv, wt, idx, *, smoothing, band, y_lo, y_hi) -> Tens
     # only gross outliers stay down-weighted; a quote the surface merely misses counts fully
     rho = np.where(rho < 0.5, rho, 1.0)
     c = solve(rho)
+    # inside its band a quote asks for little: weights fall to BAND_FLOOR well inside the bid/ask (an
+    # epsilon-insensitive loss by reweighting), so that noise within the spread is not followed
+    for _ in range(INSENSITIVE_ROUNDS):
+        r = np.abs(fitted_iv(c) - iv) / half
+        rho = np.where(rho < 0.5, rho, BAND_FLOOR + (1.0 - BAND_FLOOR) * np.minimum(1.0, r * r))
+        c = solve(rho)
 
     # arbitrage: a sequential QP (OSQP, Stellato et al. 2020) over the check points that are, or come close
     # to being, in violation: calendar order, positive variance and outward end slopes are linear conditions
