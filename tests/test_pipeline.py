@@ -210,3 +210,27 @@ def test_spx_2011_round_trip_inside_bid_ask(shared_data, method):
     res = reprice(prep, fit(prep, s), s)
     assert len(res.table) == int(prep.quotes["use"].sum())
     assert res.inside_bid_ask >= 0.95
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+def test_am_and_pm_series_of_one_date_stay_apart_in_fit_and_summary(shared_data):
+    """SPX (AM) and SPXW (PM) expiring on 2024-01-19 are two expiries with two T: two slices in the fit, two
+    rows in the summary, and the per-expiry counts add up to the total (no double counting)."""
+    from core.sources.detect import load_file
+
+    chain = load_file(shared_data / "cboe_modern" / "spx_20240105_close.csv")
+    s = Settings()
+    prep = prepare(chain, s)
+    fr = fit(prep, s)
+    assert {"2024-01-19", "2024-01-19 AM"} <= set(fr.inside_share)
+    assert fr.params["2024-01-19 AM"]["T"] < fr.params["2024-01-19"]["T"]
+    summ = summary_dict(chain, prep, fr, settings=s)
+    keys = [e["expiry"] for e in summ["expiries"]]
+    assert len(keys) == len(set(keys)) and {"2024-01-19", "2024-01-19 AM"} <= set(keys)
+    assert sum(e["n_used"] for e in summ["expiries"]) == summ["n_used"]
+    assert summ["market_time"].startswith("2024-01-05T16:00:00-05:00")
+    # a plain date picks both series of that date; a suffix picks one
+    both = prepare(chain, Settings(expiries=("2024-01-19",)))
+    am = prepare(chain, Settings(expiries=("2024-01-19 AM",)))
+    assert set(both.expiries) == {"2024-01-19", "2024-01-19 AM"} and am.expiries == ("2024-01-19 AM",)
