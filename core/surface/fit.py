@@ -353,49 +353,60 @@ def _fit_spline(keys, Tn, y, iv, wt, idx, s, y_lo, y_hi, notes, band):
 def svi_surface(slices, T_nodes, y_lo, y_hi) -> VolSurface:
     """The surface of fitted SVI slices (plain or spline-corrected): ``core.surface.interp.SliceSurface`` of the
     full slices, monotone in ``T`` at fixed ``y`` wherever consecutive slices are ordered (no calendar
-    arbitrage between ordered slices) and evaluated in one stacked expression (``core.surface.svi.SVIStack``)."""
+    arbitrage between ordered slices) and evaluated in one stacked expression (``core.surface.svi.SVIStack``);
+    before the first expiry the first slice at fixed ``y / sqrt(T)`` (``short_end="moneyness"``: no butterfly
+    arbitrage there, unlike the slice scaled at fixed ``y`` for a steep short-dated skew)."""
     from core.surface.interp import SliceSurface
 
-    return SliceSurface(T_nodes=tuple(T_nodes), slices=tuple(slices), y_lo=tuple(y_lo), y_hi=tuple(y_hi))
+    return SliceSurface(T_nodes=tuple(T_nodes), slices=tuple(slices), y_lo=tuple(y_lo), y_hi=tuple(y_hi),
+                        short_end="moneyness", check_n_y=121, check_n_sub=0)
 
 
-def _drop_corrections_where_arbitrage(slices, T_ok, lo_ok, hi_ok, grids, notes, max_rounds: int = 4):
-    """Last resort for the ``T``-interpolation: each slice is butterfly-free and above the previous one, but
-    between expiries ``g`` comes from the interpolation. Where ``check_arbitrage`` still finds ``g < 0`` or
-    ``w_T < 0``, the spline corrections of the two expiries around it are halved (and after ``max_rounds``
-    halvings removed: the SVI backbone stays), each slice lifted above the previous one where that made it
-    dip below, until the surface is clean. Each change is named in ``notes``. Returns the slices."""
-    from core.surface.svi import SVISplineSlice, _lift
+def _repair_svi_arbitrage(fit_svi_slice, calls, slices, infos, T_ok, lo_ok, hi_ok, notes, keys=None):
+    """The last step of ``_fit_svi``: each slice is butterfly-free and above the previous one, but between
+    expiries ``g`` comes from the ``T``-interpolation (``core.surface.interp.butterfly_safeguard`` already
+    falls back to linear interpolation in ``sqrt(T)``, a blend of the two slices). Where ``check_arbitrage``
+    still finds ``g < 0`` or ``w_T < 0`` in an interval (or at an expiry), the later slice is refitted with its
+    blends with the previous one held butterfly-free too (``fit_svi_slice(blend=True)``), and the slice after it
+    lifted if it now dips below (``SVI_REPAIR_ROUNDS`` rounds at most). Each refit is named in ``notes``.
+    Updates ``slices``, ``infos`` and ``calls`` in place; returns the surface."""
+    from core.surface.svi import LIFT_SEP, _lift
 
-    slices = list(slices)
-    for r in range(max_rounds + 1):
-        surf = svi_surface(slices, T_ok, lo_ok, hi_ok)
+    Tn = np.asarray(T_ok)
+    surf = svi_surface(slices, T_ok, lo_ok, hi_ok)
+    for _ in range(SVI_REPAIR_ROUNDS):
         arb = check_arbitrage(surf, T_ok)
         if not (arb["butterfly"] or arb["calendar"]):
             break
-        Tn = np.asarray(T_ok)
-        drop = set()
+        bad = set()
         for t in arb["butterfly_T"] + arb["calendar_T"]:
-            k = int(np.searchsorted(Tn, t - 1e-9))
-            drop.update(j for j in (k - 1, k) if 0 <= j < len(slices))
-        drop = [j for j in sorted(drop) if isinstance(slices[j], SVISplineSlice)]
-        if not drop:
-            break
-        for j in drop:
-            sl = slices[j]
-            if r == max_rounds:
-                slices[j] = sl.base
-                notes.append(f"T={T_ok[j]:.4f}: SVI spline correction removed (static arbitrage in the T-interpolation)")
-            else:
-                slices[j] = SVISplineSlice(sl.base, sl.knots, tuple(0.5 * c for c in sl.coef))
-                notes.append(f"T={T_ok[j]:.4f}: SVI spline correction halved (static arbitrage in the T-interpolation)")
-        # keep calendar order after the changes: lift any slice that now dips below its predecessor
-        for j in range(1, len(slices)):
-            yf = np.linspace(grids[j][0], grids[j][-1], 20 * len(grids[j]))
-            gap = float(np.max(slices[j - 1].derivs(yf)[0] - slices[j].derivs(yf)[0]))
-            if gap > 0:
-                slices[j] = _lift(slices[j], gap + 1e-12)
-    return slices
+            k = int(np.argmin(np.abs(Tn - t)))
+            bad.add(k if abs(Tn[k] - t) <= 1e-5 * max(t, 1e-6) else int(np.searchsorted(Tn, t)))
+        for j in sorted(b for b in bad if 0 < b < len(slices)):
+            args, kw = calls[j]
+            kw = {**kw, "prev": slices[j - 1], "blend": True}
+            if j + 1 < len(slices):
+                # below the next slice where the two are held in calendar order: the refit must not push it
+                g1 = np.asarray(calls[j + 1][1]["y_grid"], float)
+                c1 = calls[j + 1][1]["cal_range"]
+                kw.update(nxt=slices[j + 1], nxt_grid=g1[(g1 >= c1[0]) & (g1 <= c1[1])])
+            slices[j], infos[j] = fit_svi_slice(*args, **kw)
+            calls[j] = (args, kw)
+            name = keys[j] if keys is not None else f"T={T_ok[j]:.4f}"
+            notes.append(f"{name}: SVI slice refitted with its blends with the previous expiry held "
+                         "butterfly-free (static arbitrage in the T-interpolation)")
+            # calendar order with the slices after it: lifted where a slice now dips below its predecessor
+            for i in range(j + 1, len(slices)):
+                a1, k1 = calls[i]
+                yf = np.linspace(*k1["cal_range"], 2001)
+                sep = 2.0 * float(np.mean(a1[1])) * float(a1[3]) * LIFT_SEP
+                gap = float(np.max(slices[i - 1].w(yf) - slices[i].w(yf)))
+                calls[i] = (a1, {**k1, "prev": slices[i - 1]})
+                if gap <= -sep:
+                    break
+                slices[i] = _lift(slices[i], gap + sep)
+        surf = svi_surface(slices, T_ok, lo_ok, hi_ok)
+    return surf
 
 
 def _interp_nan(x, X, F):
@@ -429,20 +440,49 @@ def _bound_points(Y, lo: float, hi: float, ok) -> np.ndarray:
 
 
 SVI_FAR = (0.1, 0.25, 0.5, 1.0, 2.0)   # butterfly points of the SVI backbone beyond the quoted ranges
-SVI_CAL_EXT = 0.02         # the calendar condition is held on the union of two neighbours' ranges, widened by this
+SVI_CAL_EXT = 0.002        # the calendar condition is held on the union of two neighbours' ranges, widened by this
 SVI_BOUND_POINTS = 30      # bound points per side beyond a slice's quotes, geometric in the distance ...
 SVI_BOUND_NEAR = 0.05      # ... beyond every envelope grid point this close to the quotes
-SVI_POOR_SHARE = 0.8       # an expiry with SVI_POOR_MIN quotes or more and a smaller share inside is named
-SVI_POOR_MIN = 20
-_SVI_SKIP_DROP = True
+SVI_BACKTRACK = 1.0        # a slice lifted by more than this many bp of vol has its predecessor refitted below it
+SVI_RETRY_LIFT = 5.0       # a slice lifted by more than this many bp of vol is refitted ...
+SVI_RETRY_EFFORT = 4       # ... with its iteration budgets this many times larger
+SVI_REPAIR_ROUNDS = 3      # refits for static arbitrage left between expiries at most
+
+
+def _svi_backtrack(fit_svi_slice, calls, slices, infos, sl, info, args, kw, prev_range):
+    """A slice had to be lifted above the previous one (``info.lifted``): where the previous slice is an
+    extrapolation (outside its quoted range ``prev_range``) it is refitted below this slice (``nxt``), then this
+    slice again above it. Kept when the lift shrinks. Updates ``slices`` / ``infos`` in place; returns the
+    (new) ``(slice, info)``."""
+    from core.surface.svi import _lift
+
+    grid = np.asarray(kw["y_grid"], float)
+    c_lo, c_hi = kw["cal_range"]
+    pts = grid[(grid >= c_lo) & (grid <= c_hi) & ((grid < prev_range[0]) | (grid > prev_range[1]))]
+    if not len(pts):
+        return sl, info
+    p_args, p_kw = calls[-1]
+    p_sl, p_info = fit_svi_slice(*p_args, **{**p_kw, "nxt": _lift(sl, -info.lifted), "nxt_grid": pts})
+    sl2, info2 = fit_svi_slice(*args, **{**kw, "prev": p_sl})
+    if info2.lifted < info.lifted:
+        slices[-1], infos[-1] = p_sl, p_info
+        calls[-1] = (p_args, {**p_kw, "nxt": _lift(sl, -info.lifted), "nxt_grid": pts})
+        return sl2, info2
+    return sl, info
 
 
 def _fit_svi(keys, Tn, y, iv, wt, idx, s, y_lo, y_hi, failed, notes, ask=None, bid=None):
-    """The ``"svi"`` method (``core.surface.svi``): slices in increasing ``T``, each aimed at its quotes'
-    bid/ask intersected with the calendar envelope of the other expiries' quotes (``calendar_envelope``),
-    bounded by that envelope beyond its own quotes, above the previous slice on the union of their ranges
-    and at far points (ordered wings), butterfly-free; joined by ``svi_surface``."""
-    from core.surface.svi import SVISlice, calendar_envelope, fit_svi_slice
+    """The ``"svi"`` method (``core.surface.svi``, whose docstring gives the why): slices in increasing ``T``,
+    each aimed at its quotes' bid/ask intersected with the calendar envelope of the other expiries' quotes
+    (``calendar_envelope``), below the later expiries' asks beyond its own quotes, above the previous slice on
+    the union of their quoted ranges (its correction reaching over the neighbours' ranges), butterfly-free; the
+    PM slice of a date on the AM slice scaled; a slice that had to be lifted by more than ``SVI_RETRY_LIFT`` bp
+    refitted with larger budgets, and (``SVI_BACKTRACK``) its predecessor refitted below it where that one is
+    an extrapolation; joined by ``svi_surface``; arbitrage left between expiries repaired by
+    ``_repair_svi_arbitrage``. Quotes whose band does not meet the envelope (calendar arbitrage in the quotes)
+    are counted per expiry in ``notes`` and ``params``; expiries that miss their spreads are named by
+    ``fit_surface``."""
+    from core.surface.svi import SVISlice, calendar_envelope, fit_svi_slice, scaled_slice
 
     n = len(keys)
     pre = None
@@ -461,7 +501,7 @@ def _fit_svi(keys, Tn, y, iv, wt, idx, s, y_lo, y_hi, failed, notes, ask=None, b
     bid_b = np.where(np.isfinite(bid_b) & (bid_b > 0), bid_b, np.nan)
     ask_b = np.where(np.isfinite(ask_b) & (ask_b > 0), ask_b, np.nan)
     Y, L, U = calendar_envelope(y, Tn[idx], bid_b, ask_b, idx, n)
-    slices, T_ok, lo_ok, hi_ok, infos, grids, keys_ok, clashes = [], [], [], [], [], [], [], []
+    slices, T_ok, lo_ok, hi_ok, infos, grids, keys_ok, clashes, calls = [], [], [], [], [], [], [], [], []
     prev = None
     for i, k in enumerate(keys):
         m = idx == i
@@ -473,11 +513,12 @@ def _fit_svi(keys, Tn, y, iv, wt, idx, s, y_lo, y_hi, failed, notes, ask=None, b
             hi_e = np.fmin(ak, np.sqrt(_interp_nan(yk, Y, U[i]) / T))
             clash = lo_e > hi_e
         lo_e, hi_e = np.where(clash, bk, lo_e), np.where(clash, ak, hi_e)
-        # beyond the slice's quotes: the envelope as soft bounds (at most SVI_BOUND_POINTS a side)
+        # beyond the slice's quotes: the later expiries' asks as soft upper bounds (the earlier side is the
+        # previous slice itself, a hard lower bound: the earlier bids add nothing there but conflicts)
         bounds = None
-        sel = _bound_points(Y, y_lo[i], y_hi[i], np.isfinite(L[i]) | np.isfinite(U[i]))
+        sel = _bound_points(Y, y_lo[i], y_hi[i], np.isfinite(U[i]))
         if len(sel):
-            bounds = (Y[sel], L[i][sel], U[i][sel])
+            bounds = (Y[sel], np.full(len(sel), np.nan), U[i][sel])
         lo = min(y_lo[i], lo_ok[-1]) if lo_ok else y_lo[i]
         hi = max(y_hi[i], hi_ok[-1]) if hi_ok else y_hi[i]
         # the penalty grid: the union of this and the previous expiry's quoted ranges (where the calendar
@@ -492,19 +533,37 @@ def _fit_svi(keys, Tn, y, iv, wt, idx, s, y_lo, y_hi, failed, notes, ask=None, b
         if pre is not None:
             th = float(pre.surface.theta_curve.theta(T))
             prior = SVISlice.from_ssvi(th, pre.rho, float(pre.surface.phi(th)))
+        backbone = None
+        if prev is not None and keys_ok and str(keys_ok[-1])[:10] == str(k)[:10]:
+            # the PM series of a date whose AM series was just fitted (6.5 hours apart): calendar order holds
+            # them within a fraction of their bid/ask, so the PM slice is the AM slice scaled to its T (flat
+            # implied vol at fixed y) plus its own correction
+            backbone = scaled_slice(prev, T / T_ok[-1])
         guesses = ()
         if prev is not None:
             # the previous expiry's backbone, scaled to this T: the natural start of a neighbour
             b = getattr(prev, "base", prev)
             r = T / T_ok[-1]
             guesses = (("previous", SVISlice(a=b.a * r, b=b.b * r, rho=b.rho, m=b.m, sigma=b.sigma)),)
+        cal = (lo - SVI_CAL_EXT * (hi - lo), hi + SVI_CAL_EXT * (hi - lo))
+        args = (yk, iv[m], wt[m], T)
+        kw = dict(y_grid=grid, start=prior, prev=prev, prior=prior, smoothing=s, band=(lo_e, hi_e), bounds=bounds,
+                  guesses=guesses, support=support, cal_range=cal, backbone=backbone)
         try:
-            sl, info = fit_svi_slice(yk, iv[m], wt[m], T, y_grid=grid, start=prior, prev=prev, prior=prior,
-                                     smoothing=s, band=(lo_e, hi_e), bounds=bounds, guesses=guesses,
-                                     support=support, cal_range=(lo - SVI_CAL_EXT * (hi - lo), hi + SVI_CAL_EXT * (hi - lo)))
+            sl, info = fit_svi_slice(*args, **kw)
+            w_bp = 2.0 * float(np.mean(iv[m])) * T * 1e-4      # 1 bp of vol in total variance
+            if prev is not None and info.lifted > SVI_RETRY_LIFT * w_bp:
+                # a slice that had to be lifted by more than a few bp: once more with larger iteration budgets
+                sl2, info2 = fit_svi_slice(*args, **kw, effort=SVI_RETRY_EFFORT)
+                if info2.lifted < info.lifted:
+                    sl, info = sl2, info2
+            if prev is not None and backbone is None and info.lifted > SVI_BACKTRACK * w_bp:
+                sl, info = _svi_backtrack(fit_svi_slice, calls, slices, infos, sl, info, args, kw,
+                                          (lo_ok[-1], hi_ok[-1]))
         except (ValueError, FloatingPointError, np.linalg.LinAlgError, InputError) as exc:
             failed.append(f"{k}: SVI fit failed ({exc})")
             continue
+        calls.append((args, kw))
         slices.append(sl)
         infos.append(info)
         grids.append(grid)
@@ -512,28 +571,19 @@ def _fit_svi(keys, Tn, y, iv, wt, idx, s, y_lo, y_hi, failed, notes, ask=None, b
         T_ok.append(T)
         lo_ok.append(float(y_lo[i]))
         hi_ok.append(float(y_hi[i]))
-        clashes.append((i, int(clash.sum())))
+        clashes.append(int(clash.sum()))
         prev = sl
     if not slices:
         raise FitError("no expiry could be fitted with SVI: " + "; ".join(failed))
-    if not _SVI_SKIP_DROP:
-        slices = _drop_corrections_where_arbitrage(slices, T_ok, lo_ok, hi_ok, grids, notes)
+    surf = _repair_svi_arbitrage(fit_svi_slice, calls, slices, infos, T_ok, lo_ok, hi_ok, notes, keys_ok)
     params = {}
-    for k, sl, info, T, g, (i, n_clash) in zip(keys_ok, slices, infos, T_ok, grids, clashes, strict=True):
+    for k, sl, info, T, g, n_clash in zip(keys_ok, slices, infos, T_ok, grids, clashes, strict=True):
         if info.lifted > 1e-9:
             notes.append(f"{k}: SVI level lifted by {info.lifted:.2e} in total variance to stay above the previous expiry")
+        if n_clash:
+            notes.append(f"{k}: {n_clash} quotes outside the bid/ask of neighbouring expiries (calendar arbitrage in "
+                         "the quotes): aimed at their own bid/ask")
         params[k] = {"T": T, **sl.to_dict(), "g_min": float(np.min(sl.g(np.linspace(g[0], g[-1], 2001)))),
-                     "start": info.start, "nfev": info.nfev, "success": info.success}
-        # an expiry the fit cannot hold inside its quotes is named, with the reason found
-        m = idx == i
-        if m.sum() >= SVI_POOR_MIN:
-            v = np.sqrt(np.maximum(sl.w(y[m]), 0.0) / T)
-            inside = (v >= np.nan_to_num(bid_b[m], nan=0.0) - 1e-12) & (v <= np.nan_to_num(ask_b[m], nan=np.inf) + 1e-12)
-            if inside.mean() < SVI_POOR_SHARE:
-                why = (f"{n_clash} of its quotes are outside the bid/ask of neighbouring expiries (calendar "
-                       "arbitrage in the quotes)" if n_clash >= 0.1 * m.sum() else
-                       "its quotes cannot be followed closer without butterfly or calendar arbitrage")
-                notes.append(f"{k}: only {inside.mean():.0%} of {int(m.sum())} quotes inside bid/ask with SVI: {why}")
-    surf = svi_surface(slices, T_ok, lo_ok, hi_ok)
+                     "start": info.start, "nfev": info.nfev, "success": info.success, "calendar_clashes": n_clash}
     g = {"ssvi_prefit": {"rho": pre.rho, "eta": pre.eta, "gamma": pre.gamma} if pre is not None else None}
     return surf, params, g

@@ -22,8 +22,13 @@ Scheme (``TInterp``; at fixed log-moneyness ``y``, for every ``y`` separately), 
   expiries their ``y``-profile can make ``g < 0`` between two butterfly-free slices. Where a check grid
   finds that, the slopes at the nodes of that interval are blended towards safe slopes (Fritsch-Butland
   harmonic means of the secants; flat implied vol at the first node): ``m = safe + lam (spline - safe)``,
-  ``lam`` halved per round down to 0. Smooth data keep ``lam = 1`` (``SliceSurface.slope_blend``).
-* Before the first expiry: the cubic Hermite in ``T`` from ``w(0) = 0`` with slope ``w_1 / T_1`` at ``T = 0``
+  ``lam`` halved per round down to 0. Smooth data keep ``lam = 1`` (``SliceSurface.slope_blend``). An
+  interval still violating with the safe slopes is interpolated linearly in ``s`` (both end slopes its
+  secant: ``w`` is the blend ``(1 - u) w_k + u w_{k+1}`` of its two slices; ``SliceSurface.linear_intervals``),
+  C0 in ``T`` at its ends.
+* Before the first expiry (``SliceSurface(short_end="moneyness")``: the first slice at fixed ``y / sqrt(T)``
+  instead, which keeps its density; the class docstring) by default: the cubic Hermite in ``T`` from
+  ``w(0) = 0`` with slope ``w_1 / T_1`` at ``T = 0``
   to ``w_1`` with slope ``d_1 = dw/dT(T_1)`` (C1 at ``T_1``): ``w = w_1 (t + t^2 - t^3) + T_1 d_1 (t^3 - t^2)``,
   ``t = T / T_1``. Near ``T = 0`` it is the first slice scaled, ``w ~ w_1(y) T / T_1`` (implied vol at
   fixed ``y`` tends to the first expiry's), so the short end inherits the first slice's shape in ``y``
@@ -147,7 +152,8 @@ class TInterp:
     ``monotone``: apply the monotonicity filter (total variance); ``clamped_end``: zero slope at the last
     node and constant beyond (used for corrections that must not drift, e.g. ``ThetaBackbone``), no filter;
     ``lam`` (n,) in [0, 1]: per-node weight of the spline slope against the safe slope (None = 1 everywhere;
-    see ``butterfly_safeguard``). Call with node values ``W, W_y, W_yy`` (n, N) (or (n, 1), broadcast) and
+    see ``butterfly_safeguard``); attribute ``linear`` (n - 1,) bool or None: intervals interpolated linearly in
+    ``s`` (``butterfly_safeguard``'s last resort). Call with node values ``W, W_y, W_yy`` (n, N) (or (n, 1), broadcast) and
     ``T`` (N,) years: returns ``(w, w_y, w_yy, w_T)``, each (N,). Precomputes ``s = sqrt(T_nodes)`` and the
     slope matrix once.
     """
@@ -168,6 +174,9 @@ class TInterp:
         self.lam = None if lam is None else np.clip(np.asarray(lam, dtype=float).ravel(), 0.0, 1.0)
         if self.lam is not None and self.lam.shape != (self.n,):
             raise InputError(f"lam must have one value per node ({self.n}), got shape {self.lam.shape}")
+        # intervals interpolated linearly in s (both end slopes the interval's secant): the last resort of
+        # ``butterfly_safeguard`` (a convex combination of the two slices; C0 in T at the ends of the interval)
+        self.linear = None
 
     def _node_slope(self, j: int, X3):
         """Node slopes (in ``s``) at node ``j`` for a group of points, with their ``y``-derivatives: the spline
@@ -272,11 +281,14 @@ class TInterp:
     def _segment(self, j: int, X3, T, sq, out) -> None:
         """Fill ``out`` = (w, w_y, w_yy, w_T) for points of interval ``j`` (and of the end segments next to it)."""
         n, Tn, sn = self.n, self.T, self.s
-        mk = self._node_slope(j, X3)
-        mk1 = self._node_slope(j + 1, X3)
         Vk = [X[j] for X in X3]
         Vk1 = [X[j + 1] for X in X3]
         h = self.ds[j]
+        if self.linear is not None and self.linear[j]:
+            mk = mk1 = [(b - a) / h for a, b in zip(Vk, Vk1, strict=True)]
+        else:
+            mk = self._node_slope(j, X3)
+            mk1 = self._node_slope(j + 1, X3)
         u = np.clip((sq - sn[j]) / h, 0.0, 1.0)
         u2 = u * u
         u3 = u2 * u
@@ -396,7 +408,7 @@ def quoted_y_range(T, T_nodes, lo_nodes, hi_nodes):
 
 
 def butterfly_safeguard(scheme: TInterp, node_values, y_lo, y_hi, *, n_y: int = 201, n_sub: int = 6,
-                        rounds: int = 3) -> np.ndarray:
+                        rounds: int = 3, linear_fallback: bool = False, check_short: bool = True):
     """Per-node blend weights ``lam`` (n,) in [0, 1] for ``scheme`` that keep ``g >= 0`` between the expiries.
 
     The spline slopes are global: with noisy or unevenly spaced slices their ``y``-profile can create
@@ -405,18 +417,29 @@ def butterfly_safeguard(scheme: TInterp, node_values, y_lo, y_hi, *, n_y: int = 
     ``[y_lo, y_hi]`` interpolated linearly in ``T``), every interval with ``g < 0`` at a ``y`` where both
     of its slices have ``g >= 0`` halves ``lam`` at its two nodes (the last round sets 0: the safe slopes,
     ``TInterp._safe``); at most ``rounds + 1`` rounds. Smooth slices keep ``lam = 1`` (no change).
-    ``node_values(y)`` -> ``(W, W_y, W_yy)``, each (n, len(y)). Returns ``lam``.
+    With ``linear_fallback``, an interval still violating with the safe slopes is interpolated linearly in
+    ``s = sqrt(T)`` (``TInterp.linear``): ``w`` is then the convex combination ``(1 - u) w_k + u w_{k+1}``.
+    ``node_values(y)`` -> ``(W, W_y, W_yy)``, each (n, len(y)). Returns ``lam`` (and with
+    ``linear_fallback`` the per-interval flags, ``(lam, linear)``). ``check_short=False``: no check before the
+    first expiry (a surface that does not use the scheme there, ``SliceSurface(short_end="moneyness")``).
     """
     from core.surface.base import butterfly_g
 
     n = scheme.n
     lam = np.ones(n)
+    linear = np.zeros(max(n - 1, 0), bool)
     if n < 2 or len(y_lo) != n or len(y_hi) != n:
-        return lam
+        return (lam, None) if linear_fallback else lam
     s = scheme.s
     u = np.arange(1, n_sub + 1) / (n_sub + 1.0)
-    T_chk = [scheme.T[0] * np.array([0.25, 0.5, 0.75])] + [(s[k] + (s[k + 1] - s[k]) * u) ** 2 for k in range(n - 1)]
-    seg = np.concatenate([np.full(3, -1)] + [np.full(n_sub, k) for k in range(n - 1)])
+    n_pre = 3 if check_short else 0
+    # in every interval: n_sub points uniform in s, and the fractions in T of ``core.surface.fit.check_arbitrage``
+    # (eighths, and close to both ends, where blends turn fastest)
+    fr = np.unique(np.r_[np.linspace(0.0, 1.0, 9)[1:-1], 0.04, 0.96])
+    T_chk = [scheme.T[0] * np.array([0.25, 0.5, 0.75][:n_pre])] + [
+        np.r_[(s[k] + (s[k + 1] - s[k]) * u) ** 2, scheme.T[k] + (scheme.T[k + 1] - scheme.T[k]) * fr]
+        for k in range(n - 1)]
+    seg = np.concatenate([np.full(n_pre, -1)] + [np.full(n_sub + len(fr), k) for k in range(n - 1)])
     Tc = np.concatenate(T_chk)
     lo, hi = quoted_y_range(Tc, scheme.T, y_lo, y_hi)
     Y = lo[:, None] + (hi - lo)[:, None] * np.linspace(0.0, 1.0, n_y)[None, :]
@@ -442,12 +465,15 @@ def butterfly_safeguard(scheme: TInterp, node_values, y_lo, y_hi, *, n_y: int = 
                 break
             segs = np.unique(SEG[bad])
             nodes = np.unique(np.r_[np.maximum(segs, 0), segs[segs >= 0] + 1])
+            if r == rounds:
+                linear[segs[segs >= 0]] = True
+                break
             lam = lam.copy()
             lam[nodes] = 0.0 if r >= rounds - 1 else 0.5 * lam[nodes]
-            if r == rounds:
-                break
     finally:
         scheme.lam = saved
+    if linear_fallback:
+        return lam, (linear if linear.any() else None)
     return lam
 
 
@@ -475,14 +501,29 @@ class SliceSurface(VolSurface):
     """A surface from per-expiry slices (objects with ``derivs(y) -> (w, w_y, w_yy)``), interpolated in
     ``T`` by ``TInterp`` (module docstring). ``T_nodes`` (n,), ``y_lo``/``y_hi`` (n,) the quoted
     ``y``-range per slice. When every slice is a plain raw-SVI slice (``_is_raw_svi``: ``SVISlice`` exactly, or a
-    class with ``raw_svi = True``) they are evaluated together in one expression; any other slice (the
-    spline-corrected ``SVISplineSlice``, the smooth ``SplineSlice``, subclasses) through its own ``derivs``."""
+    class with ``raw_svi = True``) they are evaluated together in one expression; spline-corrected SVI slices
+    (``core.surface.svi.SVIStack``) and smooth slices (``core.surface.smooth.SplineStack``) stacked too; any
+    other slice (subclasses, lookalikes) through its own ``derivs``.
+
+    ``short_end``: before the first expiry ``"scaled"`` (``TInterp``: the first slice scaled in ``T``, flat
+    implied vol at fixed ``y``) or ``"moneyness"``: ``w(y, T) = c W_1(y / sqrt(c))``, ``c = T / T_1`` (the
+    first slice's implied vols at fixed ``y / sqrt(T)``). The latter is free of butterfly arbitrage whenever
+    the first slice is: with ``z = y / sqrt(c)`` the terms ``y w' / w`` and ``w'^2 / w`` of ``g`` are those of
+    ``W_1`` at ``z`` and ``g(y, T) = g_1(z) + (1 - c) W_1'(z)^2 / 16 >= g_1(z)``, while scaling at fixed ``y``
+    turns ``g`` negative for steep short-dated skews (``g = A - c B`` with ``A < 0`` where ``|w'| > 2 sqrt(w)
+    |1 - y w' / (2 w)|``). ``dw/dT = (W_1 - z W_1' / 2) / T_1`` (non-negative where ``1 - z W_1' / (2 W_1) >= 0``,
+    the first factor of ``g``); ``w`` is continuous at ``T_1``, ``dw/dT`` in general not. ``check_n_y`` /
+    ``check_n_sub``: the check grid of ``butterfly_safeguard`` (``n_sub = 0``: only the fractions of
+    ``core.surface.fit.check_arbitrage``)."""
 
     T_nodes: tuple
     slices: tuple
     y_lo: tuple = field(default=())
     y_hi: tuple = field(default=())
     T_quoted: tuple = (0.0, np.inf)
+    short_end: str = "scaled"
+    check_n_y: int = 201
+    check_n_sub: int = 6
     _scheme: object = field(default=None, init=False, repr=False, compare=False)
     _svi: object = field(default=None, init=False, repr=False, compare=False)
     _stack: object = field(default=None, init=False, repr=False, compare=False)
@@ -495,12 +536,20 @@ class SliceSurface(VolSurface):
         P = _svi_params(self.slices)
         object.__setattr__(self, "_svi", None if P is None else tuple(P.T[:, :, None]))
         if P is None:
-            from core.surface.smooth import SplineStack  # smooth slices: one stacked evaluation
+            # stacked evaluation of spline-corrected SVI slices or of smooth slices (lazy imports: both modules
+            # import this one)
+            from core.surface.smooth import SplineStack
+            from core.surface.svi import SVIStack
 
-            object.__setattr__(self, "_stack", SplineStack.of(self.slices))
+            object.__setattr__(self, "_stack", SVIStack.of(self.slices) or SplineStack.of(self.slices))
+        if self.short_end not in ("scaled", "moneyness"):
+            raise InputError(f"short_end must be 'scaled' or 'moneyness', got {self.short_end!r}")
         scheme = TInterp(T)
         if self.y_lo and self.y_hi:
-            scheme.lam = butterfly_safeguard(scheme, self.node_values, self.y_lo, self.y_hi)
+            scheme.lam, scheme.linear = butterfly_safeguard(scheme, self.node_values, self.y_lo, self.y_hi,
+                                                            n_y=self.check_n_y, n_sub=self.check_n_sub,
+                                                            linear_fallback=True,
+                                                            check_short=self.short_end == "scaled")
         object.__setattr__(self, "_scheme", scheme)
 
     @property
@@ -508,6 +557,13 @@ class SliceSurface(VolSurface):
         """Per-expiry weight of the spline slopes against the safe slopes (1 = spline; ``butterfly_safeguard``)."""
         lam = self._scheme.lam
         return np.ones(self._scheme.n) if lam is None else lam.copy()
+
+    @property
+    def linear_intervals(self) -> np.ndarray:
+        """Per interval between expiries (n - 1,): True where it is interpolated linearly in ``sqrt(T)``
+        (``butterfly_safeguard``'s last resort)."""
+        lin = self._scheme.linear
+        return np.zeros(max(self._scheme.n - 1, 0), bool) if lin is None else lin.copy()
 
     def node_values(self, y):
         """``(W, W_y, W_yy)`` of every slice at ``y`` (N,): each (n, N)."""
@@ -527,8 +583,26 @@ class SliceSurface(VolSurface):
         """``w, w_y, w_yy, w_T`` at ``(y, T)`` (broadcast), analytic through the ``T``-scheme."""
         y, T = np.broadcast_arrays(np.asarray(y, float), np.asarray(T, float))
         shape = y.shape
-        W, W_y, W_yy = self.node_values(y.ravel())
-        w, w_y, w_yy, w_T = self._scheme(W, W_y, W_yy, T.ravel())
+        yf, Tf = y.ravel(), T.ravel()
+        T1 = float(self.T_nodes[0])
+        pre = (Tf < T1) if self.short_end == "moneyness" else None
+        if pre is None or not pre.any():
+            W, W_y, W_yy = self.node_values(yf)
+            w, w_y, w_yy, w_T = self._scheme(W, W_y, W_yy, Tf)
+        else:
+            out = [np.empty(yf.size) for _ in range(4)]
+            post = ~pre
+            if post.any():
+                W, W_y, W_yy = self.node_values(yf[post])
+                for o, v in zip(out, self._scheme(W, W_y, W_yy, Tf[post]), strict=True):
+                    o[post] = v
+            c = np.maximum(Tf[pre], 1e-12 * T1) / T1
+            rc = np.sqrt(c)
+            z = yf[pre] / rc
+            V, V_y, V_yy = self.slices[0].derivs(z)
+            out[0][pre], out[1][pre], out[2][pre] = c * V, rc * V_y, V_yy
+            out[3][pre] = (V - 0.5 * z * V_y) / T1
+            w, w_y, w_yy, w_T = out
         return Derivatives(w=w.reshape(shape), w_y=w_y.reshape(shape), w_yy=w_yy.reshape(shape),
                            w_T=w_T.reshape(shape))
 
