@@ -438,7 +438,7 @@ def test_app_sidebar_with_corrupt_snapshot(_home, good_snapshot_bytes):
 def _ui_upload(content: bytes, name: str = "upload.csv"):
     from ui import data
 
-    return data.upload(data.bytes_digest(content), content, name)
+    return data.upload(data.bytes_digest(content), (content,), (name,))   # the uploader takes several files
 
 
 def test_upload_size_limit():
@@ -483,7 +483,7 @@ def test_upload_name_is_never_a_path(tmp_path, monkeypatch):
     for name in ("../../etc/passwd", "/etc/shadow", "C:\\Windows\\win.ini", "..", "quotes.csv\x00.exe"):
         shown = data.safe_name(name)
         assert "/" not in shown and "\\" not in shown
-        chain = data.upload(data.bytes_digest(content), content, shown)
+        chain = data.upload(data.bytes_digest(content), (content,), (shown,))
         assert len(chain.quotes) > 0
         dl = data.download_name(shown, "quotes", ext="csv")
         assert "/" not in dl and "\\" not in dl and not dl.startswith(".")
@@ -535,7 +535,7 @@ def test_million_row_upload_refused_within_seconds(tmp_path):
         content = open({str(f)!r}, 'rb').read()
         t0 = time.perf_counter()
         try:
-            data.upload(data.bytes_digest(content), content, 'million.csv')
+            data.upload(data.bytes_digest(content), (content,), ('million.csv',))
             print('accepted', time.perf_counter() - t0)
         except Exception as exc:
             print('refused', type(exc).__name__, time.perf_counter() - t0)
