@@ -6,7 +6,7 @@ Run with ``streamlit run app.py`` (``make run``). Pages in ``pages/`` share the 
 import numpy as np
 import streamlit as st
 
-from ui import controls, data, messages
+from ui import controls, data, messages, series
 
 controls.page_header(
     "Dupire Desk",
@@ -29,18 +29,21 @@ with messages.page_guard():
 
     st.subheader(f"{sel.chain.underlying}: {sel.label}")
     c = st.columns(5)
-    c[0].metric("Quotes used / loaded", f"{used:,} / {len(q):,}")
-    c[1].metric("Expiries fitted", f"{len(prep.expiries)}")
+    c[0].metric("Quotes used", f"{used:,}", help=f"of {len(q):,} loaded; the Data page gives the reason for each")
+    c[1].metric("Expiry series fitted", f"{series.quote_keys(q[q['use'].astype(bool)]).nunique()}",
+                help="AM-settled (SPX monthly) and PM-settled (SPXW) series of one date count as two")
     c[2].metric("Fit error (median RMSE)", f"{np.median(rmse):.1f} bp" if rmse else "n/a",
                 help="Root-mean-square of fitted minus mid implied vol per expiry, in vol basis points.")
     c[3].metric("Fit inside bid/ask", f"{100 * np.mean(inside):.0f}%" if inside else "n/a")
     c[4].metric("Local-vol cells flagged", f"{flagged:,} / {cells:,}",
                 help="Clipped to the band, butterfly (g < 0) or calendar (dw/dT < 0) arbitrage.")
-    for w in list(getattr(fr, "warnings", []) or [])[:5]:
-        st.warning(str(w))
+    notes = [str(w) for w in (getattr(fr, "warnings", []) or [])]
+    if notes:
+        with st.expander(f"Fit notes ({len(notes)}): where the surface and the quotes disagree"):
+            st.markdown("\n".join(f"- {n}" for n in notes))
 
     st.markdown("#### Pages")
-    st.page_link("pages/1_Surfaces.py", label="Surfaces: implied and local vol in 3D and as heatmaps, flags marked")
+    st.page_link("pages/1_Surfaces.py", label="Surfaces: implied and local vol as heatmaps (3D on demand), flags marked")
     st.page_link("pages/2_Smiles.py", label="Smiles: quotes, fit and local vol per expiry; the rules of thumb")
     st.page_link("pages/3_Arbitrage.py", label="Arbitrage: g(y, T), dw/dT, violations in the raw quotes, densities")
     st.page_link("pages/4_Validation.py", label="Validation & pricing: the round trip, exotics, scenarios")

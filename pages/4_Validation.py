@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from ui import controls, data, figures, messages
+from ui import controls, data, figures, messages, series
 
 controls.page_header("Validation & pricing", "Does the local vol give back the market? Every fitted quote repriced "
                      "by the forward Dupire PDE; then exotics priced under local vol and under Black-Scholes.")
@@ -29,14 +29,19 @@ with messages.page_guard():
     left, right = st.columns([3, 2])
     with left:
         xm = t["strike"].to_numpy(float) / t["F"].to_numpy(float) if "F" in t else t["strike"].to_numpy(float)
-        rows = pd.to_datetime(t["expiry"]).dt.strftime("%Y-%m-%d").to_numpy() if "expiry" in t else t["T"].to_numpy(float)
+        keys = series.quote_keys(t)
+        labels = series.expiry_labels(series.sort_keys(k for k in pd.unique(keys) if k))
+        rows = keys.map(lambda k: labels.get(k, k)).to_numpy()
+        order = [labels[k] for k in series.sort_keys(labels)]
         controls.chart(figures.roundtrip(xm, rows, t["error_bp"], half, xlabel="K/F" if "F" in t else "strike",
-                                         title="Repriced - market (vol bp); ringed: outside the bid/ask band"),
+                                         title="Repriced - market (vol bp); ringed: outside the bid/ask band",
+                                         row_order=order),
                        key="validation.roundtrip", name="round_trip")
     with right:
         be = rp.by_expiry.copy()
-        if "expiry" in be:
-            be["expiry"] = pd.to_datetime(be["expiry"]).dt.strftime("%Y-%m-%d")
+        if "T" in be:
+            bkeys = series.keys_for_T(prep.quotes, be["T"].to_numpy(float))
+            be["expiry"] = [labels.get(k, k) for k in bkeys]
         st.markdown("Per expiry")
         st.dataframe(be, hide_index=True, width="stretch",
                      column_config={"T": st.column_config.NumberColumn(format="%.3f"),

@@ -3,7 +3,8 @@ import pandas as pd
 import streamlit as st
 
 from core import pipeline
-from ui import controls, data, messages
+from core.cleaning import REASONS
+from ui import controls, data, messages, series
 
 controls.page_header("Data & export", "Every quote loaded, with the reason it is used or not; forwards per expiry; "
                      "downloads of the quotes, the local-vol grid, the fit parameters and QuantLib's layout.")
@@ -13,37 +14,54 @@ with messages.page_guard():
     prep = sel.run(data.prepared)
     fr = sel.run(data.fitted)
     lv = sel.run(data.local_vol)
-    from core.cleaning import REASONS
 
     quotes = pipeline.quotes_frame(prep, fr)
-    date_col = st.column_config.DateColumn("expiry", format="YYYY-MM-DD")
+    # the expiry series of every row (SPX AM and SPXW PM of one date apart), in the table and the export
+    quotes.insert(int(list(quotes.columns).index("expiry")) + 1, "expiry_key", series.quote_keys(quotes).to_numpy())
+    labels = series.expiry_labels(k for k in quotes["expiry_key"].unique() if k)
+    fwd = pipeline.forwards_frame(prep)
+    if "T" in fwd:
+        fwd.insert(1, "expiry_key", [labels.get(k, k) for k in series.keys_for_T(prep.quotes, fwd["T"].to_numpy(float))])
+    date_col = st.column_config.DateColumn("expiry date", format="YYYY-MM-DD")
+    key_col = st.column_config.TextColumn("expiry series", help="date, with AM for an AM-settled series (SPX monthly)")
     counts = pd.Series(prep.counts, name="quotes").rename_axis("reason").reset_index()
     counts["meaning"] = counts["reason"].map(REASONS).fillna("")
     counts = counts.sort_values("quotes", ascending=False)
+    in_use = quotes["use"].astype(bool)
+    c = st.columns(4)
+    c[0].metric("Quotes loaded", f"{len(quotes):,}")
+    c[1].metric("Used in the fit", f"{int(in_use.sum()):,}")
+    c[2].metric("Expiry series fitted", f"{quotes.loc[in_use, 'expiry_key'].nunique()} of {quotes['expiry_key'].nunique()}")
+    c[3].metric("Excluded with a reason", f"{int((quotes['reason'] != 'ok').sum()):,}")
     left, right = st.columns([2, 3])
     with left:
         st.markdown("#### Quotes per reason code")
         st.dataframe(counts, hide_index=True, width="stretch")
     with right:
         st.markdown("#### Forwards per expiry (put-call parity)")
-        st.dataframe(pipeline.forwards_frame(prep), hide_index=True, width="stretch",
-                     column_config={"expiry": date_col, "T": st.column_config.NumberColumn(format="%.4f")})
+        st.dataframe(fwd, hide_index=True, width="stretch",
+                     column_config={"expiry": date_col, "expiry_key": key_col,
+                                    "T": st.column_config.NumberColumn(format="%.4f")})
 
     st.markdown("#### Quotes")
     reasons = sorted(quotes["reason"].unique())
     pick = st.multiselect("Show reasons", reasons, default=reasons, key="data.reasons")
-    cols = [c for c in ("expiry", "T", "strike", "cp", "bid", "ask", "mid", "volume", "open_interest", "reason",
+    cols = [c for c in ("expiry_key", "expiry", "T", "strike", "cp", "bid", "ask", "mid", "volume", "open_interest", "reason",
                         "use", "use_rule", "F", "y", "iv_bid", "iv_mid", "iv_ask", "iv_fit", "resid_bp")
             if c in quotes.columns]
-    st.dataframe(quotes.loc[quotes["reason"].isin(pick), cols], hide_index=True, width="stretch", height=360,
-                 column_config={"expiry": date_col, "T": st.column_config.NumberColumn(format="%.4f")})
+    table = quotes.loc[quotes["reason"].isin(pick), cols].copy()
+    table["expiry_key"] = table["expiry_key"].map(lambda k: labels.get(k, k))   # '2024-01-19 PM' where an AM exists
+    st.dataframe(table, hide_index=True, width="stretch", height=360,
+                 column_config={"expiry": date_col, "expiry_key": key_col,
+                                "T": st.column_config.NumberColumn(format="%.4f")})
 
     st.markdown("#### Downloads")
     stem = f"{sel.chain.underlying}_{pd.Timestamp(sel.chain.asof):%Y%m%d_%H%M}"
     layout_frame, layout = data.ql_layout(lv)
     params = {"method": fr.method, "settings": sel.settings, "params": fr.params, "rmse_bp": fr.rmse_bp,
               "inside_bid_ask": fr.inside_share, "warnings": [str(w) for w in fr.warnings],
-              "source": sel.label, "underlying": sel.chain.underlying, "asof": pd.Timestamp(sel.chain.asof)}
+              "source": sel.label, "underlying": sel.chain.underlying, "asof": pd.Timestamp(sel.chain.asof),
+              "market_time": pd.Timestamp(sel.chain.market_time) if sel.chain.market_time is not None else None}
     c = st.columns(5)
     c[0].download_button("Quotes (CSV)", data=lambda: data.safe_csv(quotes), mime="text/csv", on_click="ignore",
                          file_name=data.download_name(stem, "quotes", ext="csv"), key="data.dl_quotes")

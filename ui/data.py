@@ -25,8 +25,20 @@ import pandas as pd
 import streamlit as st
 
 from core import pipeline
+from core.arbitrage import risk_neutral_density as _density
 from core.errors import FormatError, InputError, NetworkError
+from core.export import safe_csv as _safe_csv
+from core.export import safe_filename
+from core.export import to_json_bytes as _to_json_bytes
+from core.localvol import rules_of_thumb as _rules_of_thumb
+from core.pricing import exotics
+from core.pricing.scenarios import Instruments, Scenario, run_scenarios
 from core.quotes import QuoteChain
+from core.sources import yahoo
+from core.sources.demo import demo_chain
+from core.sources.detect import load_files
+from core.sources.snapshots import SnapshotStore
+from ui import series
 
 MAX_UPLOAD_MB = 25                     # same as .streamlit/config.toml server.maxUploadSize
 MAX_UPLOAD_ROWS = 200_000              # a full SPX chain is ~20k rows; beyond this is not a chain
@@ -82,27 +94,29 @@ def safe_name(name: str | None) -> str:
 @st.cache_data(ttl=_TTL, max_entries=8, show_spinner="Building the demo market...")
 def demo(seed: int = 7) -> QuoteChain:
     """The bundled synthetic demo chain (works offline)."""
-    from core.sources.demo import demo_chain
-
     return demo_chain(seed=seed)
 
 
-@st.cache_data(ttl=_TTL, max_entries=8, show_spinner="Reading the uploaded file...")
-def upload(digest: str, _content: bytes, name: str) -> QuoteChain:
-    """A chain from uploaded bytes (any format ``core.sources.detect`` reads), keyed on their hash."""
-    from core.sources.detect import load_file
-
-    if len(_content) > MAX_UPLOAD_MB * 1024 * 1024:
-        raise FormatError(f"the file is {len(_content) / 2**20:.1f} MB; the limit is {MAX_UPLOAD_MB} MB. "
+@st.cache_data(ttl=_TTL, max_entries=8, show_spinner="Reading the uploaded files...")
+def upload(digest: str, _contents: tuple[bytes, ...], names: tuple[str, ...], spot: float | None = None,
+           asof: str | None = None) -> QuoteChain:
+    """A chain from uploaded files of one underlying and day (``core.sources.detect.load_files``: any
+    format it reads, several files merged), keyed on the files' hash and names and the user's quote
+    time (``asof``, naive = New York) and spot overrides (None: what the files say)."""
+    total = sum(len(c) for c in _contents)
+    if total > MAX_UPLOAD_MB * 1024 * 1024:
+        raise FormatError(f"the files hold {total / 2**20:.1f} MB; the limit is {MAX_UPLOAD_MB} MB. "
                           "Export only the expiries you need.")
-    if not _content.strip():
-        raise FormatError("the file is empty")
-    chain = load_file(io.BytesIO(_content), name=name, max_rows=MAX_UPLOAD_ROWS)
+    for c, n in zip(_contents, names, strict=True):
+        if not c.strip():
+            raise FormatError(f"the file {n!r} is empty" if len(names) > 1 else "the file is empty")
+    chain = load_files([io.BytesIO(c) for c in _contents], names=list(names), spot=spot, asof=asof,
+                       max_rows=MAX_UPLOAD_ROWS)
     n = len(chain.quotes)
     if n == 0:
         raise FormatError("the file was read but holds no option quotes")
     if n > MAX_UPLOAD_ROWS:
-        raise FormatError(f"the file holds {n:,} quotes; the limit is {MAX_UPLOAD_ROWS:,}. "
+        raise FormatError(f"the files hold {n:,} quotes; the limit is {MAX_UPLOAD_ROWS:,}. "
                           "Export only the expiries you need.")
     return chain
 
@@ -110,16 +124,12 @@ def upload(digest: str, _content: bytes, name: str) -> QuoteChain:
 @st.cache_data(ttl=_TTL, max_entries=8, show_spinner="Opening the snapshot...")
 def snapshot(path: str, mtime: float, size: int) -> QuoteChain:
     """A saved snapshot (keyed on path, modification time and size, so a rewritten file reloads)."""
-    from core.sources.snapshots import SnapshotStore
-
     return SnapshotStore().load(path)
 
 
 def snapshots() -> list:
     """The saved snapshots (newest first where the store sorts so); a broken folder gives []."""
     try:
-        from core.sources.snapshots import SnapshotStore
-
         return list(SnapshotStore().list())
     except Exception:  # noqa: BLE001 - a broken snapshot folder must never break the sidebar
         return []
@@ -128,8 +138,6 @@ def snapshots() -> list:
 def _yahoo():
     if simulated_offline():
         raise NetworkError("no network (simulated: DUPIRE_DESK_SIMULATE_OFFLINE is set)")
-    from core.sources import yahoo
-
     return yahoo.YahooSource(timeout=yahoo_timeout())
 
 
@@ -150,7 +158,7 @@ def forget_source(kind: str, ident: tuple) -> None:
     attempt reads it afresh (``ident``: the hashed arguments of the loader)."""
     try:
         if kind == "upload":
-            upload.clear(ident[0], b"", ident[1])
+            upload.clear(*ident)
         elif kind == "snapshot":
             snapshot.clear(*ident)
     except Exception:  # noqa: BLE001 - clearing is best effort
@@ -194,7 +202,7 @@ def smile_local_vol(source_key: str, _chain: QuoteChain, settings: pipeline.Sett
     prep = prepared(source_key, _chain, s)
     fr = fitted(source_key, _chain, s)
     used = prep.quotes[prep.quotes["use"].astype(bool)]
-    T = np.sort(used.groupby("expiry")["T"].first().to_numpy(float))
+    T = np.sort(used.groupby(series.quote_keys(used))["T"].first().to_numpy(float))
     lo, hi = np.quantile(used["strike"], [0.0, 1.0])
     K = np.linspace(lo, hi, n_strikes)
     return pipeline.local_vol(prep, fr, settings, strikes=K, T=T)
@@ -202,9 +210,12 @@ def smile_local_vol(source_key: str, _chain: QuoteChain, settings: pipeline.Sett
 
 @st.cache_data(ttl=_TTL, max_entries=_ENTRIES, show_spinner="Checking static arbitrage...")
 def arbitrage(source_key: str, _chain: QuoteChain, settings: pipeline.Settings):
-    """``pipeline.arbitrage``: (surface diagnostics, model-free quote violations)."""
+    """(surface diagnostics of ``pipeline.arbitrage``, model-free quote violations checked within each
+    expiry series by ``ui.series.quote_arbitrage_by_series``: no violation mixes SPX and SPXW legs)."""
     s = _fit_settings(settings)
-    return pipeline.arbitrage(prepared(source_key, _chain, s), fitted(source_key, _chain, s), s)
+    prep = prepared(source_key, _chain, s)
+    surface, _merged = pipeline.arbitrage(prep, fitted(source_key, _chain, s), s)
+    return surface, series.quote_arbitrage_by_series(prep.quotes, prep.forwards)
 
 
 @st.cache_data(ttl=_TTL, max_entries=_ENTRIES, show_spinner="Repricing every quote under local vol (PDE)...")
@@ -221,8 +232,6 @@ def exotic(source_key: str, _chain: QuoteChain, settings: pipeline.Settings, pro
     ``product``: ``("barrier", kind, cp, strike, barrier, T, n_paths, seed)`` or
     ``("asian", cp, strike, T, n_fixings, n_paths, seed)`` (hashable: it keys the cache).
     """
-    from core.pricing import exotics
-
     s = _fit_settings(settings)
     prep = prepared(source_key, _chain, s)
     fwd = prep.forwards
@@ -238,37 +247,27 @@ def exotic(source_key: str, _chain: QuoteChain, settings: pipeline.Settings, pro
 # ------------------------------------------------------------------------------------------ derived
 def rules_of_thumb(surface, T, h: float = 0.01) -> pd.DataFrame:
     """``core.localvol.rules_of_thumb``: ATM local vs implied and the skew ratio per ``T``."""
-    from core.localvol import rules_of_thumb as _rules
-
-    return _rules(surface, T, h)
+    return _rules_of_thumb(surface, T, h)
 
 
 def density(surface, forwards, K, T) -> np.ndarray:
     """``core.arbitrage.risk_neutral_density``: Breeden-Litzenberger density, shape (nT, nK)."""
-    from core.arbitrage import risk_neutral_density
-
-    return risk_neutral_density(surface, forwards, K, T)
+    return _density(surface, forwards, K, T)
 
 
 # ------------------------------------------------------------------------------------------ exports
 def safe_csv(df: pd.DataFrame) -> bytes:
     """CSV bytes no spreadsheet executes (``core.export.safe_csv``: formula-like text cells escaped)."""
-    from core.export import safe_csv as _safe_csv
-
     return _safe_csv(df)
 
 
 def to_json_bytes(obj: Any) -> bytes:
     """Strict JSON bytes (``core.export.to_json_bytes``: NaN/inf -> null)."""
-    from core.export import to_json_bytes as _to_json
-
-    return _to_json(obj)
+    return _to_json_bytes(obj)
 
 
 def download_name(*parts: Any, ext: str) -> str:
     """A download file name built from untrusted parts (ticker, upload name): never a path."""
-    from core.export import safe_filename
-
     return safe_filename("_".join(str(p) for p in parts if p), default="dupire_desk", ext=ext)
 
 
@@ -289,6 +288,27 @@ def ql_layout(lv) -> tuple[pd.DataFrame, dict]:
     return frame.reset_index(), {"times": list(lay["times"]), "strikes": list(lay["strikes"]), "matrix": m.tolist()}
 
 
+def _settings_take_keys() -> bool:
+    """Whether ``pipeline.Settings.expiries`` accepts expiry keys ('2024-01-19 AM'); older pipelines take
+    ISO dates only (both series of a date then go together)."""
+    try:
+        return pipeline.Settings(expiries=("2000-01-21 AM",)).expiries == ("2000-01-21 AM",)
+    except Exception:  # noqa: BLE001 - any refusal means dates only
+        return False
+
+
+SETTINGS_TAKE_KEYS = _settings_take_keys()
+
+
+def expiry_choice(keys) -> tuple[str, ...]:
+    """The ``Settings.expiries`` value for chosen expiry keys: the keys where the pipeline takes them,
+    else their distinct dates."""
+    keys = series.sort_keys(keys)
+    if SETTINGS_TAKE_KEYS:
+        return tuple(keys)
+    return tuple(dict.fromkeys(series.key_date(k) for k in keys))
+
+
 def ensure(cond: bool, message: str) -> None:
     """Raise ``InputError(message)`` unless ``cond`` (for page-level preconditions)."""
     if not cond:
@@ -302,8 +322,6 @@ def scenario(source_key: str, _chain: QuoteChain, settings: pipeline.Settings, s
     """``core.pricing.scenarios.run_scenarios`` for one shock ``(parallel, skew, term, spot_move, sticky)``
     (vols as decimals, spot move relative) on vanillas at ``strikes`` x ``expiries`` and, when given,
     the exotic of ``exotic_spec`` (the tuple of ``exotic``); returns a ``ScenarioResult``."""
-    from core.pricing.scenarios import Instruments, Scenario, run_scenarios
-
     s = _fit_settings(settings)
     prep = prepared(source_key, _chain, s)
     fr = fitted(source_key, _chain, s)

@@ -17,8 +17,8 @@ from core import errors as E
 
 log = logging.getLogger("dupire_desk.ui")
 
-OFFLINE_ADVICE = ("Choose **Demo market** or a **Saved snapshot** in the sidebar (they work offline), "
-                  "or upload a chain file.")
+OFFLINE_ADVICE = ("Use the **Demo market** (it works offline) or upload a chain file; every earlier Yahoo "
+                  "download is kept as a saved snapshot.")
 
 #: exception class -> (headline, advice); the first match in this order wins (subclasses first).
 _ADVICE: list[tuple[type[BaseException], str, str]] = [
@@ -52,11 +52,27 @@ def explain(exc: BaseException) -> tuple[str, str]:
             "Try another setting or data source; the details below help to report it.")
 
 
-def show_error(exc: BaseException, *, warning: bool = False) -> None:
-    """Show an exception as a plain message: headline, the exception's own words, the advice."""
+#: failures of the network path: the headline says all a trader needs; the transport's own words
+#: (curl codes, host names, socket errors) go into a collapsed "Technical details" instead
+TRANSPORT = (E.SourceTimeout, E.NetworkError, E.RateLimitError)
+
+
+def message(exc: BaseException) -> str:
+    """The text shown for an exception: headline, the exception's own words (not for transport
+    failures: ``TRANSPORT``), the advice."""
     head, advice = explain(exc)
-    text = f"**{head}** {_clean(exc)}\n\n{advice}"
-    (st.warning if warning else st.error)(text)
+    if isinstance(exc, TRANSPORT):
+        return f"**{head}** {advice}"
+    return f"**{head}** {_clean(exc)}\n\n{advice}"
+
+
+def show_error(exc: BaseException, *, warning: bool = False) -> None:
+    """Show an exception as a plain message (``message``); a transport failure's own words are kept
+    in a collapsed expander for a bug report."""
+    (st.warning if warning else st.error)(message(exc))
+    if isinstance(exc, TRANSPORT) and str(exc).strip():
+        with st.expander("Technical details"):
+            st.text(f"{type(exc).__name__}: {_clean(exc)}")
 
 
 def _clean(exc: BaseException) -> str:
