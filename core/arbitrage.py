@@ -444,3 +444,25 @@ def risk_neutral_density(surface: VolSurface, forwards, K, T) -> np.ndarray:
         sw = np.sqrt(d.w)
         dm = -y / sw - sw / 2.0
         return g / (K * np.sqrt(2.0 * np.pi) * sw) * np.exp(-0.5 * dm * dm)
+
+
+def quote_arbitrage_by_series(quotes: pd.DataFrame, forwards=None, **kw) -> pd.DataFrame:
+    """``quote_arbitrage`` within each settlement series: SPX (AM) and SPXW (PM) of one date are two
+    expiries, and a violation whose legs mix the two is no arbitrage (they settle on different prints).
+
+    ``quotes`` split by ``settlement`` (all PM where the column is absent), each part checked alone, the
+    parts joined and sorted as ``quote_arbitrage`` sorts (executable first, most negative cost first), and
+    ``culprit`` recomputed over all of them. ``**kw`` goes to ``quote_arbitrage``.
+    """
+    if len(quotes) == 0 or "settlement" not in quotes.columns:
+        return quote_arbitrage(quotes, forwards, **kw)
+    settle = quotes["settlement"].astype(str).str.upper().where(lambda v: v == "AM", "PM")
+    parts = [quote_arbitrage(quotes[settle.eq(v).to_numpy()], forwards, **kw) for v in sorted(pd.unique(settle))]
+    nonempty = [p for p in parts if len(p)]
+    if not nonempty:
+        return parts[0]
+    out = pd.concat(nonempty, ignore_index=True)
+    if "survives_spread" in out.columns:
+        out = out.sort_values(["survives_spread", "cost"], ascending=[False, True], kind="stable", ignore_index=True)
+        out["culprit"] = likely_culprits(out["rows"], out["survives_spread"].astype(bool))
+    return out

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core.arbitrage import quote_arbitrage, surface_arbitrage
+from core.arbitrage import quote_arbitrage_by_series, surface_arbitrage
 from core.black import quote_implied_vols
 from core.cleaning import (
     CleaningConfig,
@@ -238,7 +238,7 @@ def arbitrage(prepared: Prepared, fit_result, settings: Settings = Settings()):
     T_lo, T_hi = float(fit_quotes["T"].min()), float(fit_quotes["T"].max())
     y_grid = np.linspace(y_lo, y_hi, settings.n_strikes)
     T_grid = np.linspace(T_lo, max(T_hi, T_lo * 1.01), settings.n_expiries)
-    qa = quote_arbitrage(prepared.quotes, prepared.forwards)
+    qa = quote_arbitrage_by_series(prepared.quotes, prepared.forwards)
     if len(qa) and "survives_spread" in qa.columns:
         # executable violations first, the largest first; mid-only ones after them
         qa = qa.sort_values(["survives_spread", "cost"], ascending=[False, True], kind="stable").reset_index(drop=True)

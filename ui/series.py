@@ -20,7 +20,8 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from core.arbitrage import likely_culprits, quote_arbitrage
+from core.arbitrage import quote_arbitrage
+from core.arbitrage import quote_arbitrage_by_series as core_by_series
 from core.quotes import expiry_keys
 
 # ------------------------------------------------------------------------------------------ labels
@@ -172,22 +173,9 @@ def quote_arbitrage_by_series(quotes: pd.DataFrame, forwards=None, **kw) -> pd.D
     ``package_cost`` (cost of those whole contracts at bid/ask), ``legs_unit`` (core's text, per unit).
     Sorted as core sorts: executable first, most negative cost first; ``culprit`` recomputed over all.
     """
-    if len(quotes) == 0:
-        return quote_arbitrage(quotes, forwards, **kw)
-    settle = settlement_of(quotes)
-    parts = []
-    for s in sorted(pd.unique(settle)):
-        sub = quotes[settle.eq(s).to_numpy()]
-        if len(sub) == 0:
-            continue
-        parts.append(quote_arbitrage(sub, forwards, **kw))
-    nonempty = [p for p in parts if len(p)]
-    if not nonempty:
-        out = parts[0] if parts else quote_arbitrage(quotes.iloc[:0], forwards, **kw)
-        return _decorate(out, quotes)
-    out = pd.concat(nonempty, ignore_index=True)
-    out = out.sort_values(["survives_spread", "cost"], ascending=[False, True], kind="stable", ignore_index=True)
-    out["culprit"] = likely_culprits(out["rows"], out["survives_spread"].astype(bool))
+    out = core_by_series(quotes, forwards, **kw)
+    if len(out) == 0:
+        out = quote_arbitrage(quotes.iloc[:0], forwards, **kw) if len(quotes) else out
     return _decorate(out, quotes)
 
 

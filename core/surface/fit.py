@@ -275,7 +275,7 @@ def fit_surface(quotes: pd.DataFrame, forwards=None, *, method: str = "ssvi", sm
     hi_b = np.where(np.isfinite(ask), ask, np.inf)
     inside = (iv_fit >= lo_b - 1e-12) & (iv_fit <= hi_b + 1e-12)
     res = pd.DataFrame({
-        "expiry": q["expiry"].to_numpy(), "T": q["T"].to_numpy(float), "strike": q["strike"].to_numpy(float),
+        "expiry": q["expiry"].to_numpy(), "expiry_key": q["_key"].to_numpy(), "T": q["T"].to_numpy(float), "strike": q["strike"].to_numpy(float),
         "cp": q["cp"].to_numpy(), "y": y, "iv_mid": iv, "iv_bid": bid, "iv_ask": ask, "iv_fit": iv_fit,
         "resid_bp": (iv_fit - iv) * 1e4, "inside": inside, "weight": wt,
     })

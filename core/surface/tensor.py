@@ -45,6 +45,7 @@ conditions. The shortest expiries take part like any other: the ``u`` penalty is
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -74,8 +75,9 @@ W_T_MARGIN = 5e-4       # calendar rows ask for w_T >= W_T_MARGIN (local vol >= 
 W_T_NEAR = 2e-3         # a check point with w_T below this (local vol ~4.5%) is watched by the QP
 QP_EPS = 1e-6           # OSQP tolerances (absolute and relative), on the objective scaled to a unit diagonal
 QP_RHO = 0.005          # OSQP's initial step: 150-300 ADMM iterations here, against about 2,000 at its default 0.1
-QP_MAX_ITER = 4000       # ADMM iterations per QP at most (a round that stops there keeps its best iterate)
+QP_MAX_ITER = 4000      # ADMM iterations per QP at most (a round that stops there keeps its best iterate)
 ARB_ROUNDS = 8          # QP rounds at most (each adds the check points that broke a condition)
+QP_SECONDS = 3.0        # no new QP round after this long (real chains need 0.1-0.6 s)
 
 _AR4 = np.arange(4)
 
@@ -217,7 +219,8 @@ class TensorSplineSurface(VolSurface):
 
 @dataclass(frozen=True)
 class TensorFit:
-    """What ``fit_tensor`` returns: the surface, the robust weight of each quote (1 = full, 0 = ignored), and
+    """What ``fit_tensor`` returns: the surface, the robust weight of each quote (below 1: a gross outlier, more
+    than HUBER_C half spreads off the surface, down-weighted), and
     per-round diagnostics (``rounds``: list of dicts) with the arbitrage left on the check grid (``violations``)."""
 
     surface: TensorSplineSurface
@@ -357,7 +360,8 @@ def _fit_tensor(T_nodes, y, iv, wt, idx, *, smoothing, band, y_lo, y_hi) -> Tens
         rho = np.minimum(1.0, HUBER_C / np.maximum(np.abs(r), 1e-300))
         c = solve(rho)
     # only gross outliers stay down-weighted; a quote the surface merely misses counts fully
-    rho = np.where(rho < 0.5, rho, 1.0)
+    outlier = rho < 0.5
+    rho = np.where(outlier, rho, 1.0)
     c = solve(rho)
     # inside its band a quote asks for little: weights fall to BAND_FLOOR well inside the bid/ask (an
     # epsilon-insensitive loss by reweighting), so that noise within the spread is not followed
@@ -382,8 +386,14 @@ def _fit_tensor(T_nodes, y, iv, wt, idx, *, smoothing, band, y_lo, y_hi) -> Tens
     # in far fewer iterations on a well-scaled problem
     Pq = sp.triu(Aw.T @ Aw + Pen + ridge * sp.eye(P)).tocsc() / diag
     qv = -(Aw.T @ (v_mid * sw)) / diag
+    t_qp = time.perf_counter()
     for _ in range(ARB_ROUNDS):
         if not any(viol[k] for k in ("butterfly", "calendar", "positivity", "slopes")):
+            break
+        if time.perf_counter() - t_qp > QP_SECONDS:
+            # quotes with much arbitrage of their own (e.g. forwards from a wrong rate override): stop, and
+            # let the fit report what is left (core.surface.fit names it in its warnings)
+            rounds.append({"kind": "arbitrage", "status": f"stopped after {QP_SECONDS:g} s"})
             break
         near = {"g": cd["g"] < 4 * G_MARGIN, "c": cd["wT"] < W_T_NEAR, "v": cd["w"] <= 1e-5 * Tc,
                 "lo": s_lo > -1e-4, "hi": s_hi < 1e-4}
@@ -427,4 +437,4 @@ def _fit_tensor(T_nodes, y, iv, wt, idx, *, smoothing, band, y_lo, y_hi) -> Tens
     C = c.reshape(nuc, nzc).T.copy()
     surf = TensorSplineSurface(grid=grid, C=C, T_nodes=tuple(float(t) for t in Tn),
                                y_lo=tuple(float(v) for v in y_lo), y_hi=tuple(float(v) for v in y_hi))
-    return TensorFit(surface=surf, robust_weight=rho, rounds=rounds, violations=viol)
+    return TensorFit(surface=surf, robust_weight=np.where(outlier, rho, 1.0), rounds=rounds, violations=viol)
