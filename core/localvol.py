@@ -144,10 +144,14 @@ def price_dupire(strikes, T, iv, F, D, r, q, *, method="price-fd"):
     elif method == "price-spline":
         if nT < 2 or nK < 3:
             raise InputError("method='price-spline' needs at least 2 expiries and 3 strikes")
-        sp = RectBivariateSpline(T, K, np.nan_to_num(C), kx=min(3, nT - 1), ky=min(3, nK - 1), s=0)
-        C_T = sp(T, K, dx=1)
-        C_K = sp(T, K, dy=1)
-        C_KK = sp(T, K, dy=2)
+        kx, ky = min(3, nT - 1), min(3, nK - 1)
+        sp = RectBivariateSpline(T, K, np.nan_to_num(C), kx=kx, ky=ky, s=0)
+        # on the smallest grids (2 expiries, 3 strikes) the spline's degree is the derivative's order, which
+        # FITPACK refuses: difference the spline's values there instead
+        Cs = sp(T, K)
+        C_T = sp(T, K, dx=1) if kx > 1 else np.gradient(Cs, T, axis=0)
+        C_K = sp(T, K, dy=1) if ky > 1 else np.gradient(Cs, K, axis=1)
+        C_KK = sp(T, K, dy=2) if ky > 2 else _second_diff(Cs, K)
     else:
         raise InputError(f"price_dupire method must be 'price-fd' or 'price-spline', got {method!r}")
     num = C_T + (r - q) * Kg * C_K + q * C
