@@ -211,11 +211,12 @@ def smile_local_vol(source_key: str, _chain: QuoteChain, settings: pipeline.Sett
 @st.cache_data(ttl=_TTL, max_entries=_ENTRIES, show_spinner="Checking static arbitrage...")
 def arbitrage(source_key: str, _chain: QuoteChain, settings: pipeline.Settings):
     """(surface diagnostics of ``pipeline.arbitrage``, model-free quote violations checked within each
-    expiry series by ``ui.series.quote_arbitrage_by_series``: no violation mixes SPX and SPXW legs)."""
+    expiry series by ``core.arbitrage.quote_arbitrage_by_series``: no violation mixes SPX and SPXW legs,
+    labelled by ``ui.series.decorate_violations``)."""
     s = _fit_settings(settings)
     prep = prepared(source_key, _chain, s)
-    surface, _merged = pipeline.arbitrage(prep, fitted(source_key, _chain, s), s)
-    return surface, series.quote_arbitrage_by_series(prep.quotes, prep.forwards)
+    surface, violations = pipeline.arbitrage(prep, fitted(source_key, _chain, s), s)   # checked per series
+    return surface, series.decorate_violations(violations, prep.quotes)
 
 
 @st.cache_data(ttl=_TTL, max_entries=_ENTRIES, show_spinner="Repricing every quote under local vol (PDE)...")

@@ -176,11 +176,11 @@ def quote_arbitrage_by_series(quotes: pd.DataFrame, forwards=None, **kw) -> pd.D
     out = core_by_series(quotes, forwards, **kw)
     if len(out) == 0:
         out = quote_arbitrage(quotes.iloc[:0], forwards, **kw) if len(quotes) else out
-    return _decorate(out, quotes)
+    return decorate_violations(out, quotes)
 
 
-def _decorate(out: pd.DataFrame, quotes: pd.DataFrame) -> pd.DataFrame:
-    """Add the series and expiry labels of every violation and its whole-contract legs."""
+def decorate_violations(out: pd.DataFrame, quotes: pd.DataFrame) -> pd.DataFrame:
+    """Violations of ``core.arbitrage.quote_arbitrage_by_series`` for display: add the series and expiry labels of every violation and its whole-contract legs."""
     out = out.copy()
     if len(out) == 0:
         for c in ("series", "legs_unit", "size_ratio", "package_cost", "leg_expiries"):
