@@ -324,10 +324,9 @@ def summary_dict(chain: QuoteChain, prepared: Prepared, fit_result=None, lv=None
     code, names = _expiry_dates(q)
     n_used = np.bincount(code[use_mask(q) & (code >= 0)], minlength=len(names))
     # each forwards row is one series: its key from the quotes of that expiry time
-    key_of = {}
-    for k, (e, et) in zip(code, zip(q["expiry"], q["expiry_time"], strict=True), strict=True):
-        if k >= 0:
-            key_of.setdefault((pd.Timestamp(e), pd.Timestamp(et)), int(k))
+    firsts = pd.DataFrame({"e": q["expiry"].to_numpy(), "et": q["expiry_time"].to_numpy(), "k": code})
+    firsts = firsts[firsts["k"] >= 0].drop_duplicates(["e", "et"])
+    key_of = {(pd.Timestamp(e), pd.Timestamp(et)): int(k) for e, et, k in firsts.itertuples(index=False)}
     fit_quotes = used(q)
     expiries = []
     fwd = prepared.forwards.table
