@@ -48,5 +48,6 @@ with messages.page_guard():
     st.page_link("pages/3_Arbitrage.py", label="Arbitrage: g(y, T), dw/dT, violations in the raw quotes, densities")
     st.page_link("pages/4_Validation.py", label="Validation & pricing: the round trip, exotics, scenarios")
     st.page_link("pages/5_Data.py", label="Data & export: every quote with its reason code; downloads")
+    st.page_link("pages/6_Risk.py", label="Risk: Greeks under local vol, bucketed vega, skew and term sensitivities")
     st.caption("Settings in the sidebar apply to every page and are kept when you switch pages. "
                "Results are cached: going back to a setting is instant.")

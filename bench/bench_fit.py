@@ -1,6 +1,6 @@
 """Implied-vol surface fits: time to fit a full demo chain per method, next to QuantLib on the same quotes.
 
-Data: the demo chain (``core.sources.demo``, 13 expiries, about 1,400 out-of-the-money two-sided quotes
+Data: the demo chain (``core.demo``, 13 expiries, about 1,400 out-of-the-money two-sided quotes
 with their Black vols from the exact forwards). Ours: ``core.surface.fit.fit_surface`` with
 ``method="ssvi" | "svi" | "smooth"`` (arbitrage checks and residuals included). Peers on the same quotes:
 QuantLib's ``SviInterpolatedSmileSection`` (raw SVI fitted per expiry, vega-weighted, no arbitrage
@@ -26,8 +26,8 @@ AH_CSV = "andreasen_huge_market.csv"
 
 
 def demo_quotes(seed: int = 7):
-    """``core.sources.demo.demo_fit_quotes``: the demo as a fit-ready frame on its exact forwards."""
-    from core.sources.demo import demo_fit_quotes
+    """``core.demo.demo_fit_quotes``: the demo as a fit-ready frame on its exact forwards."""
+    from core.demo import demo_fit_quotes
 
     q, fwd, ch = demo_fit_quotes(seed)
     return q, fwd

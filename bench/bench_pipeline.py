@@ -13,8 +13,8 @@ import numpy as np
 
 from bench.bench_localvol import _quantlib_lv
 from bench.common import NO_PEER, best_of, ratio, row
+from core.demo import demo_chain
 from core.pipeline import Settings, fit, grid_axes, local_vol, prepare
-from core.sources.demo import demo_chain
 
 
 def _ql_peer(prep, fr, K, T):

@@ -10,7 +10,7 @@ import importlib
 _EXPORTS = {
     # quotes and sources
     "QuoteChain": "core.quotes", "make_quotes": "core.quotes",
-    "demo_chain": "core.sources.demo", "load_file": "core.sources.detect", "export_chain": "core.sources.detect",
+    "demo_chain": "core.demo", "load_file": "core.sources.detect", "export_chain": "core.sources.detect",
     "YahooSource": "core.sources.yahoo", "SnapshotStore": "core.sources.snapshots",
     # cleaning and forwards
     "CleaningConfig": "core.cleaning", "clean_quotes": "core.cleaning", "implied_forwards": "core.forwards",

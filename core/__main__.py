@@ -1,4 +1,4 @@
-"""Command line: ``python -m core quotes|calibrate|price ...`` (README, "Command line").
+"""Command line: ``python -m core quotes|calibrate|price|risk ...`` (README, "Command line").
 
 Errors go to stderr as one plain sentence with a non-zero exit code (2: bad input or data,
 3: unexpected); no traceback unless ``--debug``.
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from core.errors import DupireDeskError, InputError
-from core.export import safe_csv
+from core.export import jsonable, safe_csv
 from core.localvol import DEFAULT_CLIP
 from core.pipeline import (
     METHODS,
@@ -25,7 +25,8 @@ from core.pipeline import (
     summary_dict,
     write_outputs,
 )
-from core.pricing.exotics import BARRIER_KINDS
+from core.pricing.products import BARRIER_KINDS, Asian, Barrier, Vanilla
+from core.pricing.risk import N_EXPIRY, load_for_risk, risk_report
 from core.pricing.saved import price_from_calibration
 
 
@@ -71,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--r", type=float, help="override the rate (continuous, e.g. 0.04)")
     c.add_argument("--q", type=float, help="override the dividend yield (continuous)")
     c.add_argument("--grid", default="100x50", help="local-vol grid STRIKESxEXPIRIES (default 100x50)")
-    c.add_argument("--reprice", action="store_true", help="round trip by the forward Dupire PDE (repricing.csv)")
+    c.add_argument("--reprice", action="store_true", help="round trip by the forward Dupire PDE (repricing.csv); for an American chain also the "
+                        "American round trip by the backward PDE with early exercise")
     p = sub.add_parser("price", help="price an exotic under a saved calibration (an output folder of calibrate)")
     p.add_argument("calibration", help="folder written by `calibrate`")
     p.add_argument("--type", required=True, choices=["call", "put", "barrier", "asian"])
@@ -87,6 +89,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", help="write the result as JSON here (else stdout only)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    r = sub.add_parser("risk", help="Greeks, parallel and bucketed vega under a saved calibration (risk.json, "
+                                    "vega_buckets.csv)")
+    r.add_argument("calibration", help="folder written by `calibrate` (its quotes.csv is refitted for the vegas)")
+    r.add_argument("--type", required=True, choices=["call", "put", "barrier", "asian"])
+    r.add_argument("--strike", type=float, required=True)
+    r.add_argument("--expiry", type=float, required=True, help="years")
+    r.add_argument("--cp", default="call", choices=["call", "put"], help="call or put (barrier, asian)")
+    r.add_argument("--american", action="store_true", help="American exercise (call / put)")
+    r.add_argument("--barrier", type=float, help="barrier level (for --type barrier)")
+    r.add_argument("--kind", default="up-and-out", choices=list(BARRIER_KINDS), help="barrier kind")
+    r.add_argument("--rebate", type=float, default=0.0, help="barrier rebate (cash)")
+    r.add_argument("--fixings", type=int, default=12, help="Asian fixings (equally spaced)")
+    r.add_argument("--paths", type=int, default=40_000, help="Monte Carlo paths (Asian)")
+    r.add_argument("--seed", type=int, default=1)
+    r.add_argument("--expiry-buckets", type=int, default=N_EXPIRY, help="expiry buckets of the vega grid")
+    r.add_argument("--n-x", type=int, default=301, help="PDE space nodes")
+    r.add_argument("--n-t", type=int, default=200, help="PDE time steps")
+    r.add_argument("--out", required=True, help="output folder (created if missing)")
+    r.add_argument("--debug", action="store_true", help="show tracebacks")
     return ap
 
 
@@ -117,6 +138,8 @@ def _cmd_calibrate(a) -> dict:
     if cal.repricing is not None:
         res["repricing"] = {"max_bp": cal.repricing.max_bp, "mean_bp": cal.repricing.mean_bp,
                             "inside_bid_ask": cal.repricing.inside_bid_ask}
+    if cal.american_repricing is not None:
+        res["american_repricing"] = cal.american_repricing.summary()
     return res
 
 
@@ -130,13 +153,42 @@ def _cmd_price(a) -> dict:
     return res
 
 
+def _product(a):
+    """The product of ``python -m core risk`` from its arguments."""
+    cp = 1 if a.cp == "call" else -1
+    if a.type in ("call", "put"):
+        return Vanilla(strike=a.strike, T=a.expiry, cp=1 if a.type == "call" else -1, american=a.american)
+    if a.american:
+        raise InputError("--american applies to --type call or put only")
+    if a.type == "barrier":
+        if a.barrier is None:
+            raise InputError("--barrier LEVEL is needed for --type barrier")
+        return Barrier(strike=a.strike, T=a.expiry, barrier=a.barrier, kind=a.kind, cp=cp, rebate=a.rebate)
+    return Asian(strike=a.strike, T=a.expiry, n_fixings=a.fixings, cp=cp)
+
+
+def _cmd_risk(a) -> dict:
+    product = _product(a)
+    fit, forwards, clip, summary = load_for_risk(a.calibration)
+    rep = risk_report(fit, forwards, product, clip=clip, grid={"n_x": a.n_x, "n_t": a.n_t},
+                      mc={"n_paths": a.paths, "seed": a.seed}, n_expiry=a.expiry_buckets)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    res = rep.to_dict()
+    res["calibration"] = {k: summary.get(k) for k in ("source", "underlying", "asof", "method", "spot")}
+    (out / "risk.json").write_text(json.dumps(jsonable(res), indent=2))
+    (out / "vega_buckets.csv").write_bytes(safe_csv(rep.vega.frame()))
+    return {"price": res["price"], "delta": res["delta"], "gamma": res["gamma"], "vega": res["vega"],
+            "seconds": round(rep.seconds, 3), "files": ["risk.json", "vega_buckets.csv"], "out": str(out)}
+
+
 def main(argv=None) -> int:
     """Entry point; returns the exit code."""
     a = build_parser().parse_args(argv)
     # yfinance logs its own retries to stderr; the CLI promises one line per error
     for name in ("yfinance", "peewee", "curl_cffi", "urllib3"):
         logging.getLogger(name).setLevel(logging.CRITICAL + 1)
-    cmd = {"quotes": _cmd_quotes, "calibrate": _cmd_calibrate, "price": _cmd_price}[a.command]
+    cmd = {"quotes": _cmd_quotes, "calibrate": _cmd_calibrate, "price": _cmd_price, "risk": _cmd_risk}[a.command]
     try:
         res = cmd(a)
     except (DupireDeskError, ValueError, OSError) as exc:

@@ -11,6 +11,10 @@ each code in words a trader understands). Three steps, each adding columns to a 
 3. ``select_for_fit(quotes, forwards, exercise)``: which usable quotes feed the surface (``use``,
    ``use_rule``): out-of-the-money side, both sides within ``near_money`` of the forward; American
    chains out of the money only (early exercise premium sits in the in-the-money side).
+
+An American chain with a spot is de-Americanised between steps 1 and 2 (``core.american``): its quotes become
+European equivalents (conversions that cannot be trusted get the codes of ``AMERICAN_REASONS``) and step 3
+then runs with ``exercise='european'`` on them, both sides near the money as for an index.
 """
 from __future__ import annotations
 
@@ -39,15 +43,27 @@ REASONS: dict[str, str] = {
     "low_open_interest": "open interest below the minimum set in the cleaning settings",
     "duplicate": "duplicate of an earlier quote of the same contract (root, expiry and settlement, strike, "
                  "call/put), e.g. the same expiry in two files (first kept)",
+    # American chains (core.american, the de-Americanisation step): conversions that cannot be trusted
+    "american_no_vol": "American chain: no American implied vol for the mid (at or below the exercise value, "
+                       "or above the bound), so no European equivalent",
+    "american_deep_itm": "American chain: deep in the money, the time value over the exercise value is below "
+                         "the bid/ask spread or the bid/ask spans more than 5 vol points, so the quote does "
+                         "not pin a vol",
+    "american_premium": "American chain: early-exercise premium larger than the bid/ask spread, so the "
+                        "European equivalent rests more on the premium's model (flat vol) than on the quote",
     "below_intrinsic": "mid at or below the discounted intrinsic value on the forward: "
                        "no time value, no implied vol (an arbitrage if it were executable)",
     "above_upper_bound": "mid above the no-arbitrage upper bound (call above D*F, put above D*K)",
 }
 
-#: order in which the checks run; the first failing check names the row's reason.
+#: reasons set by the de-Americanisation of an American chain (``core.american.deamericanise``), after cleaning
+AMERICAN_REASONS: tuple[str, ...] = ("american_no_vol", "american_deep_itm", "american_premium")
+
+#: order in which the checks run; the first failing check names the row's reason (the American codes only for
+#: American chains, between cleaning and the bounds on the forward: ``core.pipeline.prepare``).
 CHECK_ORDER: tuple[str, ...] = (
     "bad_contract", "expired", "missing_quote", "zero_bid", "crossed", "locked", "wide_spread",
-    "stale", "low_volume", "low_open_interest", "duplicate", "below_intrinsic", "above_upper_bound",
+    "stale", "low_volume", "low_open_interest", "duplicate", *AMERICAN_REASONS, "below_intrinsic", "above_upper_bound",
 )
 
 _NEEDED = ("expiry", "strike", "cp", "bid", "ask", "T")
@@ -289,7 +305,8 @@ def select_for_fit(quotes: pd.DataFrame, forwards: Any, exercise: str = "europea
 
     Parameters: ``quotes`` after ``clean_quotes`` (and usually ``check_bounds``); ``forwards`` a
     ``Forwards``; ``exercise`` 'european' or 'american'; ``config`` for ``near_money`` and
-    ``otm_only``. Rule: a usable (``reason == "ok"``) quote is used when out of the money (call
+    ``otm_only`` (``core.pipeline.prepare`` passes 'european' for an American chain's European equivalents).
+    Rule: a usable (``reason == "ok"``) quote is used when out of the money (call
     with ``K >= F``, put with ``K < F``); European chains also use the in-the-money side within
     ``|ln(K/F)| <= near_money`` (both sides near the money) unless ``otm_only``; expiries within
     ``surface_min_days`` of the market time are not used. American chains:
@@ -336,7 +353,7 @@ def use_mask(quotes: pd.DataFrame) -> np.ndarray:
     every row when the table has no ``use`` column (a hand-built table of quotes to reprice)."""
     if "use" not in quotes.columns:
         return np.ones(len(quotes), dtype=bool)
-    return quotes["use"].to_numpy(dtype=bool)
+    return quotes["use"].fillna(False).to_numpy(dtype=bool)
 
 
 def used(quotes: pd.DataFrame) -> pd.DataFrame:

@@ -57,3 +57,19 @@ class ConvergenceWarning(UserWarning):
 
 class ArbitrageWarning(UserWarning):
     """A result violates a static no-arbitrage condition (butterfly or calendar)."""
+
+
+def optional_number(name: str, value, *, positive: bool = False, hint: str = "") -> float | None:
+    """``value`` as a finite float (``> 0`` when ``positive``), or None when it is None; otherwise an
+    ``InputError`` naming ``name`` (and ``hint``: what to give instead). The one check of a user's number."""
+    if value is None:
+        return None
+    tail = f"; {hint}" if hint else ""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} {value!r} is not a number{tail}") from None
+    if not (x == x and abs(x) != float("inf")) or (positive and x <= 0):
+        raise InputError(f"{name} must be a finite{' positive' if positive else ''} number, got {value!r}{tail}")
+    return x
+

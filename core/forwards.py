@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from core._kernels import LazyKernel
-from core.errors import InputError
+from core.cleaning import CleaningConfig, clean_quotes
+from core.errors import InputError, optional_number
 
 FORWARD_COLUMNS = ("expiry", "T", "F", "D", "n_pairs", "residual", "fallback", "approximate")
 
@@ -39,6 +40,10 @@ FALLBACKS: dict[str, str] = {
     "discount assumed 1": "no expiry gave a discount factor and no r was given: D = 1 assumed, F from parity",
     "spot, zero carry": "nothing to estimate from: F = spot, D = 1 (r = q = 0 assumed)",
     "model": "F and D from a known model (the demo market's true forwards)",
+    "american carry": "American chain: F = S exp((r - q) T), D = exp(-r T) with q implied from this expiry's "
+                      "call/put pairs under the American model (core.american.implied_carry)",
+    "american carry, interpolated": "American chain: too few call/put pairs near the spot for this expiry's "
+                                    "own q: q interpolated in T from the other expiries (core.american)",
 }
 
 
@@ -48,8 +53,10 @@ class Forwards:
 
     ``table`` columns: ``expiry`` (date), ``T`` (years), ``F``, ``D``, ``n_pairs`` (parity pairs used),
     ``residual`` (robust fit residual, price units), ``fallback`` ('' when from parity, else how it was
-    obtained: a key of ``FALLBACKS``), ``approximate`` (True for American chains); ``implied_forwards`` adds
-    ``expiry_time`` (settlement time, UTC).
+    obtained: a key of ``FALLBACKS``), ``approximate`` (True for an American chain's parity forwards, which
+    carry the early-exercise premium; False for the carry of ``core.american``); ``implied_forwards`` adds
+    ``expiry_time`` (settlement time, UTC), ``core.american.carry_forwards`` adds ``r``, ``q`` and the carry's
+    diagnostics.
     ``spot``: the underlying price when known.
     """
 
@@ -386,18 +393,6 @@ def _pairs_by_expiry(q: pd.DataFrame):
     return groups, Kp, zp, sp, bounds
 
 
-def _as_float(name: str, v: Any, positive: bool = False) -> float | None:
-    if v is None:
-        return None
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a number, got {v!r}") from None
-    if not np.isfinite(x) or (positive and x <= 0):
-        raise InputError(f"{name} must be a finite{' positive' if positive else ''} number, got {v!r}")
-    return x
-
-
 def implied_forwards(quotes: Any, *, spot: float | None = None, r: float | None = None,
                      q: float | None = None, exercise: str | None = None, config: Any = None) -> Forwards:
     """Forward ``F_T`` and discount ``D_T`` per expiry from put-call parity, with explicit fallbacks.
@@ -416,7 +411,8 @@ def implied_forwards(quotes: Any, *, spot: float | None = None, r: float | None 
         spot gives ``F = S exp(-q T) / D`` with ``D`` from parity.
     exercise : 'european' or 'american'
         American chains: ``C - P`` carries the early-exercise premium, so every row is flagged
-        ``approximate``.
+        ``approximate`` (the pipeline uses this only for an American chain without a spot; with a spot the
+        forwards come from ``core.american``, not approximate).
     config : CleaningConfig, optional
         ``parity_width``, ``parity_min_pairs``, ``max_abs_rate`` (and the cleaning settings).
 
@@ -430,7 +426,6 @@ def implied_forwards(quotes: Any, *, spot: float | None = None, r: float | None 
     Returns a ``Forwards`` with one row per expiry (expiry, expiry time) with ``T > 0``.
     Raises ``InputError`` for bad arguments, or when no expiry gives a forward and there is no spot.
     """
-    from core.cleaning import CleaningConfig, clean_quotes  # cleaning imports this module's users
 
     cfg = config if config is not None else CleaningConfig()
     if not isinstance(cfg, CleaningConfig):
@@ -441,9 +436,9 @@ def implied_forwards(quotes: Any, *, spot: float | None = None, r: float | None 
         exercise = getattr(quotes, "exercise", "european") if hasattr(quotes, "quotes") else "european"
     if exercise not in ("european", "american"):
         raise InputError(f"exercise must be 'european' or 'american', got {exercise!r}")
-    S = _as_float("spot", spot, positive=True)
-    r_ = _as_float("r", r)
-    q_ = _as_float("q", q)
+    S = optional_number("spot", spot, positive=True)
+    r_ = optional_number("r", r)
+    q_ = optional_number("q", q)
     if q_ is not None and S is None:
         raise InputError("a dividend yield q needs the spot: pass spot= (or leave q out and let parity give the forward)")
 

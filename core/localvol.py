@@ -71,6 +71,32 @@ def check_clip(clip) -> tuple[float, float]:
     return lo, hi
 
 
+@dataclass(frozen=True)
+class LocalVolSpec:
+    """How to compute local vol, validated once: ``method`` (one of ``METHODS``), the ``clip`` band ``(lo, hi)``
+    (vol units; ``check_clip``) and the display grid's size ``n_strikes`` x ``n_expiries``. Frozen and hashable:
+    it keys the dashboard's cached local-vol stages."""
+
+    method: str = "gatheral"
+    clip: tuple = DEFAULT_CLIP
+    n_strikes: int = 100
+    n_expiries: int = 50
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise InputError(f"local-vol method must be one of {METHODS}, got {self.method!r}")
+        object.__setattr__(self, "clip", check_clip(self.clip))
+        try:
+            nk, nt = int(self.n_strikes), int(self.n_expiries)
+        except (TypeError, ValueError):
+            raise InputError(f"the local-vol grid size must be whole numbers, got {self.n_strikes!r} x "
+                             f"{self.n_expiries!r}") from None
+        if nk < 5 or nt < 2:
+            raise InputError("the local-vol grid needs at least 5 strikes and 2 expiries")
+        object.__setattr__(self, "n_strikes", nk)
+        object.__setattr__(self, "n_expiries", nt)
+
+
 def clip_local_vol(raw, iv, clip):
     """The clip-and-fallback rule (module docstring): ``clip(raw)`` where ``raw`` is finite, else
     ``clip(iv)``, else ``lo``. ``raw`` local vol and ``iv`` implied vol broadcast; ``clip`` a checked
@@ -280,7 +306,11 @@ class GridLocalVol:
             row = (1.0 - b) * self.table[j0] + b * self.table[j1]
             K = np.asarray(K, dtype=float)
             return np.interp(K, self.strikes, row) if self.strikes.size > 1 else np.full(K.shape, row[0])
-        K, T = np.broadcast_arrays(np.asarray(K, dtype=float), T)
+        K = np.asarray(K, dtype=float)
+        if not (K.ndim == T.ndim == 2 and K.shape[0] == 1 and T.shape[1] == 1):
+            # an outer grid (strikes (1, n) x times (m, 1), as a PDE asks) keeps its axes: one search per axis,
+            # the gathers below broadcast; anything else is searched point by point
+            K, T = np.broadcast_arrays(K, T)
         i0, i1, a = _bracket(self.strikes, K)
         j0, j1, b = _bracket(self.T, T)
         G = self.table
@@ -349,11 +379,10 @@ def local_vol_grid(surface: VolSurface, forwards, strikes, T, *, clip=DEFAULT_CL
     naive methods; see the module docstring). Returns a ``LocalVolResult`` (arrays ``(nT, nK)``).
     """
     t0 = time.perf_counter()
-    if method not in METHODS:
-        raise InputError(f"method must be one of {METHODS}, got {method!r}")
+    spec = LocalVolSpec(method=method, clip=clip)
     K = _as_grid_axis("strikes", strikes)
     T = _as_grid_axis("T", T)
-    lo, hi = check_clip(clip)
+    lo, hi = spec.clip
     F = np.asarray(forwards.F(T), dtype=float)
     D = np.asarray(forwards.D(T), dtype=float)
     Y = np.log(K[None, :] / F[:, None])

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from core.american import Deamericanised, deamericanise
 from core.arbitrage import quote_arbitrage_by_series, surface_arbitrage
 from core.black import quote_implied_vols
 from core.cleaning import (
@@ -28,25 +29,42 @@ from core.cleaning import (
     use_mask,
     used,
 )
+from core.demo import demo_chain
 from core.errors import FitError, InputError
 from core.export import jsonable, safe_csv
 from core.forwards import implied_forwards
-from core.localvol import DEFAULT_CLIP, check_clip, local_vol_from_surface, local_vol_grid
+from core.localvol import DEFAULT_CLIP, LocalVolSpec, local_vol_from_surface, local_vol_grid
+from core.localvol import METHODS as LV_METHODS
+from core.pricing.american_roundtrip import MODEL_AMERICAN, MODEL_FORWARD, american_reprice
 from core.pricing.pde import reprice as pde_reprice
 from core.quotes import QuoteChain, expiry_key, parse_expiry
-from core.sources.demo import demo_chain
 from core.sources.detect import files_in, load_file, load_files
 from core.sources.snapshots import SnapshotStore
 from core.sources.yahoo import YahooSource
-from core.surface.fit import fit_surface
+from core.surface.fit import METHODS as SURFACE_METHODS
+from core.surface.fit import FitSpec, fit_surface
 
-METHODS = ("spline", "ssvi", "essvi", "svi", "smooth", "price-fd", "price-spline")
-#: the implied-vol fit under each local-vol method (the price-based methods differentiate prices
-#: of the SVI surface numerically, to show what that costs)
-FIT_METHOD = {"spline": "spline", "ssvi": "ssvi", "svi": "svi", "smooth": "smooth", "essvi": "essvi", "price-fd": "svi",
-              "price-spline": "svi"}
-LV_METHOD = {"spline": "gatheral", "ssvi": "gatheral", "svi": "gatheral", "smooth": "gatheral", "essvi": "gatheral",
-             "price-fd": "price-fd", "price-spline": "price-spline"}
+#: the price-based local-vol methods of the user's source documents differentiate Black prices of this fit
+#: numerically (to show what that costs)
+PRICE_METHOD_FIT = "svi"
+#: the user's choice of method: a surface model (Gatheral's formula on it), or a price-based local-vol method
+METHODS = SURFACE_METHODS + tuple(m for m in LV_METHODS if m != "gatheral")
+FIT_METHOD = {m: m if m in SURFACE_METHODS else PRICE_METHOD_FIT for m in METHODS}
+LV_METHOD = {m: m if m in LV_METHODS else "gatheral" for m in METHODS}
+
+
+@dataclass(frozen=True)
+class PrepareSpec:
+    """What ``prepare`` reads, validated by ``Settings``: the quote ``filters`` (``CleaningConfig``), rate and carry
+    overrides ``r``, ``q`` (None: from the quotes), the chosen ``expiries`` (None: every expiry with at least
+    ``min_quotes_per_expiry`` usable quotes up to ``max_T`` years). Frozen and hashable (a cache key)."""
+
+    filters: CleaningConfig = CleaningConfig()
+    r: float | None = None
+    q: float | None = None
+    expiries: tuple[str, ...] | None = None
+    max_T: float = 2.5
+    min_quotes_per_expiry: int = 5
 
 
 @dataclass(frozen=True)
@@ -58,29 +76,35 @@ class Settings:
     ``r``, ``q``: continuously-compounded overrides (None: from put-call parity). ``expiries``: ISO
     dates to use (None: every expiry with enough quotes up to ``max_T`` years). Quote filters:
     ``max_spread_frac`` (spread / mid), ``min_volume``, ``min_open_interest``. Grid: ``n_strikes`` x
-    ``n_expiries`` cells for the local-vol surface.
+    ``n_expiries`` cells for the local-vol surface. Each stage reads its own part, a frozen spec built and
+    validated here once: ``prepare_spec`` (``PrepareSpec``), ``fit_spec`` (``core.surface.fit.FitSpec``),
+    ``local_vol_spec`` (``core.localvol.LocalVolSpec``).
     """
 
-    method: str = "spline"
+    method: str = FitSpec.method
     smoothing: float = 0.0
     clip: tuple[float, float] = DEFAULT_CLIP
     r: float | None = None
     q: float | None = None
     expiries: tuple[str, ...] | None = None
-    max_T: float = 2.5
-    min_quotes_per_expiry: int = 5
+    max_T: float = PrepareSpec.max_T
+    min_quotes_per_expiry: int = PrepareSpec.min_quotes_per_expiry
     max_spread_frac: float | None = None
     min_volume: float = 0.0
     min_open_interest: float = 0.0
-    n_strikes: int = 100
-    n_expiries: int = 50
+    n_strikes: int = LocalVolSpec.n_strikes
+    n_expiries: int = LocalVolSpec.n_expiries
+    prepare_spec: PrepareSpec = field(init=False, repr=False, compare=False)
+    fit_spec: FitSpec = field(init=False, repr=False, compare=False)
+    local_vol_spec: LocalVolSpec = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise InputError(f"method must be one of {list(METHODS)}, got {self.method!r}")
-        if not (0.0 <= float(self.smoothing) <= 1.0):
-            raise InputError(f"smoothing must be between 0 and 1, got {self.smoothing!r}")
-        object.__setattr__(self, "clip", check_clip(self.clip))
+        fs = FitSpec(method=FIT_METHOD[self.method], smoothing=self.smoothing)
+        lvs = LocalVolSpec(method=LV_METHOD[self.method], clip=self.clip, n_strikes=self.n_strikes,
+                           n_expiries=self.n_expiries)
+        object.__setattr__(self, "clip", lvs.clip)
         for name in ("r", "q"):
             v = getattr(self, name)
             if v is not None and not (np.isfinite(float(v)) and abs(float(v)) < 1.0):
@@ -92,22 +116,37 @@ class Settings:
             if not exp:
                 raise InputError("expiries is an empty list: leave it out to use every usable expiry")
             object.__setattr__(self, "expiries", exp)
-        if int(self.n_strikes) < 5 or int(self.n_expiries) < 2:
-            raise InputError("the local-vol grid needs at least 5 strikes and 2 expiries")
-
-    def cleaning_config(self):
-        """The ``CleaningConfig`` these settings imply."""
         kw: dict[str, Any] = {"min_volume": self.min_volume, "min_open_interest": self.min_open_interest}
         if self.max_spread_frac is not None:
             kw["max_spread_frac"] = self.max_spread_frac
-        return CleaningConfig(**kw)
+        ps = PrepareSpec(filters=CleaningConfig(**kw), r=self.r, q=self.q, expiries=self.expiries, max_T=self.max_T,
+                         min_quotes_per_expiry=self.min_quotes_per_expiry)
+        object.__setattr__(self, "prepare_spec", ps)
+        object.__setattr__(self, "fit_spec", fs)
+        object.__setattr__(self, "local_vol_spec", lvs)
+
+    def cleaning_config(self) -> CleaningConfig:
+        """The quote filters these settings imply (``prepare_spec.filters``)."""
+        return self.prepare_spec.filters
+
+
+def _stage_spec(settings, name: str, kind: type):
+    """The spec a stage reads: ``settings`` itself when it is one (a ``kind``), else that ``Settings``' spec."""
+    if isinstance(settings, kind):
+        return settings
+    if isinstance(settings, Settings):
+        return getattr(settings, name)
+    raise InputError(f"expected Settings or a {kind.__name__}, got {type(settings).__name__}")
 
 
 @dataclass(frozen=True)
 class Prepared:
     """Quotes ready to fit. ``quotes``: every input quote with ``mid, spread, reason, F, D, y,
     iv_bid, iv_ask, iv_mid, iv_reason, use, use_rule``; ``forwards``: per-expiry forwards;
-    ``expiries``: the expiries selected for the fit; ``counts``: reason -> number of quotes."""
+    ``expiries``: the expiries selected for the fit; ``counts``: reason -> number of quotes.
+    ``american``: for an American chain with a spot, the de-Americanisation (``core.american.Deamericanised``:
+    carry per expiry, conversion counts); its quotes' ``bid, ask, mid`` are then European equivalents (the
+    American originals in ``bid_american, ask_american, mid_american``). None for European chains."""
 
     chain: QuoteChain
     quotes: pd.DataFrame
@@ -115,6 +154,7 @@ class Prepared:
     expiries: tuple[str, ...]
     counts: dict
     seconds: dict
+    american: Deamericanised | None = None
 
 
 def _expiry_spec(value) -> str:
@@ -150,7 +190,7 @@ def _expiry_dates(q: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return code, names
 
 
-def _default_expiries(q: pd.DataFrame, settings: Settings, expiry_dates=None) -> list[str]:
+def _default_expiries(q: pd.DataFrame, settings: PrepareSpec, expiry_dates=None) -> list[str]:
     """The expiry dates to fit by default: at least ``min_quotes_per_expiry`` usable quotes with a finite
     implied vol, and ``T`` (of the first such quote) at most ``max_T``. ``expiry_dates``: ``_expiry_dates(q)``."""
     code, dates = _expiry_dates(q) if expiry_dates is None else expiry_dates
@@ -166,8 +206,9 @@ def _default_expiries(q: pd.DataFrame, settings: Settings, expiry_dates=None) ->
     return [str(d) for d in dates[keep]]
 
 
-def prepare(chain: QuoteChain, settings: Settings = Settings()) -> Prepared:
+def prepare(chain: QuoteChain, settings: Settings | PrepareSpec = Settings()) -> Prepared:
     """Clean the chain, estimate forwards by put-call parity, compute implied vols, select fit quotes.
+    ``settings``: a ``Settings`` or its ``prepare_spec``.
 
     Quotes of expiries that are not selected stay in the table with ``use = False`` and
     ``use_rule = 'expiry not selected'``: nothing is dropped.
@@ -176,14 +217,23 @@ def prepare(chain: QuoteChain, settings: Settings = Settings()) -> Prepared:
         raise InputError(f"prepare needs a QuoteChain, got {type(chain).__name__}")
     if len(chain.quotes) == 0:
         raise InputError("the chain has no quotes: load another file, ticker or expiry")
+    settings = _stage_spec(settings, "prepare_spec", PrepareSpec)
     t0 = time.perf_counter()
-    q = clean_quotes(chain.quotes, settings.cleaning_config())
+    q = clean_quotes(chain.quotes, settings.filters)
     t1 = time.perf_counter()
-    fwd = implied_forwards(q, spot=chain.spot, r=settings.r, q=settings.q, exercise=chain.exercise)
+    deam = None
+    if chain.exercise == "american" and chain.spot is not None:
+        # carry from the quotes, European-equivalent quotes: fitted both sides near the money as for an index
+        deam = deamericanise(q, chain.spot, r=settings.r, q=settings.q, dividends=chain.meta.get("dividends"),
+                             asof=chain.market_time)
+        q, fwd, style = deam.quotes, deam.forwards, "european"
+    else:  # European chains (and American ones without a spot: parity forwards flagged approximate, OTM only)
+        fwd = implied_forwards(q, spot=chain.spot, r=settings.r, q=settings.q, exercise=chain.exercise)
+        style = chain.exercise
     q = check_bounds(q, fwd)
     t2 = time.perf_counter()
     q = quote_implied_vols(q, fwd)
-    q = select_for_fit(q, fwd, chain.exercise, settings.cleaning_config())
+    q = select_for_fit(q, fwd, style, settings.filters)
     t3 = time.perf_counter()
     code, dates = _expiry_dates(q)
     all_exp = [str(d) for d in dates if d]
@@ -199,20 +249,22 @@ def prepare(chain: QuoteChain, settings: Settings = Settings()) -> Prepared:
     q.loc[off, "use"] = False
     q.loc[off, "use_rule"] = "expiry not selected"
     return Prepared(chain=chain, quotes=q, forwards=fwd, expiries=tuple(chosen), counts=reason_counts(q),
-                    seconds={"clean": t1 - t0, "forwards": t2 - t1, "implied_vols": t3 - t2})
+                    seconds={"clean": t1 - t0, "forwards": t2 - t1, "implied_vols": t3 - t2}, american=deam)
 
 
-def fit(prepared: Prepared, settings: Settings = Settings()):
-    """Fit the implied-vol surface (``core.surface.fit.fit_surface``) to the selected quotes."""
+def fit(prepared: Prepared, settings: Settings | FitSpec = Settings()):
+    """Fit the implied-vol surface (``core.surface.fit.fit_surface``) to the selected quotes (``settings``: a
+    ``Settings`` or its ``fit_spec``)."""
     if used(prepared.quotes).empty:
         raise FitError("no usable quotes to fit: widen the quote filters or choose other expiries")
-    return fit_surface(prepared.quotes, prepared.forwards, method=FIT_METHOD[settings.method],
-                       smoothing=settings.smoothing)
+    return fit_surface(prepared.quotes, prepared.forwards, spec=_stage_spec(settings, "fit_spec", FitSpec))
 
 
-def grid_axes(prepared: Prepared, fit_result, settings: Settings = Settings()) -> tuple[np.ndarray, np.ndarray]:
+def grid_axes(prepared: Prepared, fit_result, settings: Settings | LocalVolSpec = Settings()
+              ) -> tuple[np.ndarray, np.ndarray]:
     """Strike and expiry axes of the local-vol grid: ``n_strikes`` strikes over the quoted strikes of the
     used quotes (1st to 99th percentile) and ``n_expiries`` times over the quoted expiries."""
+    settings = _stage_spec(settings, "local_vol_spec", LocalVolSpec)
     fit_quotes = used(prepared.quotes)
     T_lo, T_hi = float(fit_quotes["T"].min()), float(fit_quotes["T"].max())
     if not T_hi > T_lo:
@@ -223,16 +275,19 @@ def grid_axes(prepared: Prepared, fit_result, settings: Settings = Settings()) -
     return np.linspace(K_lo, K_hi, settings.n_strikes), np.linspace(T_lo, T_hi, settings.n_expiries)
 
 
-def local_vol(prepared: Prepared, fit_result, settings: Settings = Settings(), strikes=None, T=None):
-    """Dupire local vol on the grid (``core.localvol.local_vol_grid``) with the settings' clip band."""
+def local_vol(prepared: Prepared, fit_result, settings: Settings | LocalVolSpec = Settings(), strikes=None, T=None):
+    """Dupire local vol on the grid (``core.localvol.local_vol_grid``) with the settings' method and clip band
+    (``settings``: a ``Settings`` or its ``local_vol_spec``)."""
+    spec = _stage_spec(settings, "local_vol_spec", LocalVolSpec)
     if strikes is None or T is None:
-        strikes, T = grid_axes(prepared, fit_result, settings)
-    return local_vol_grid(fit_result.surface, prepared.forwards, strikes, T, clip=settings.clip,
-                          method=LV_METHOD[settings.method])
+        strikes, T = grid_axes(prepared, fit_result, spec)
+    return local_vol_grid(fit_result.surface, prepared.forwards, strikes, T, clip=spec.clip, method=spec.method)
 
 
-def arbitrage(prepared: Prepared, fit_result, settings: Settings = Settings()):
-    """Static-arbitrage diagnostics: ``(SurfaceArbitrage on a (y, T) grid, model-free quote violations)``."""
+def arbitrage(prepared: Prepared, fit_result, settings: Settings | LocalVolSpec = Settings()):
+    """Static-arbitrage diagnostics: ``(SurfaceArbitrage on a (y, T) grid of the local-vol grid's size, model-free
+    quote violations)``."""
+    settings = _stage_spec(settings, "local_vol_spec", LocalVolSpec)
     fit_quotes = used(prepared.quotes)
     y_lo, y_hi = float(fit_quotes["y"].min()), float(fit_quotes["y"].max())
     T_lo, T_hi = float(fit_quotes["T"].min()), float(fit_quotes["T"].max())
@@ -245,17 +300,40 @@ def arbitrage(prepared: Prepared, fit_result, settings: Settings = Settings()):
     return surface_arbitrage(fit_result.surface, y_grid, T_grid), qa
 
 
-def local_vol_function(prepared: Prepared, fit_result, settings: Settings = Settings()):
+def local_vol_function(prepared: Prepared, fit_result, settings: Settings | LocalVolSpec = Settings()):
     """The clipped local vol as a vectorised ``lv(K, T)`` for pricing: Gatheral's formula on the fitted
     surface at any point (not only the display grid); where undefined it falls back to implied vol.
     The round trip, the exotics and the scenarios all price under this one function."""
-    return local_vol_from_surface(fit_result.surface, prepared.forwards, clip=settings.clip)
+    return local_vol_from_surface(fit_result.surface, prepared.forwards,
+                                  clip=_stage_spec(settings, "local_vol_spec", LocalVolSpec).clip)
 
 
-def reprice(prepared: Prepared, fit_result, settings: Settings = Settings(), **grid):
-    """Round trip: reprice the fitted quotes by the forward Dupire PDE under the clipped local vol."""
+def reprice(prepared: Prepared, fit_result, settings: Settings | LocalVolSpec = Settings(), **grid):
+    """Round trip: reprice the fitted quotes by the forward Dupire PDE under the clipped local vol (for an
+    American chain: their European equivalents; ``reprice_american`` prices the American quotes)."""
     lv = local_vol_function(prepared, fit_result, settings)
     return pde_reprice(used(prepared.quotes), lv, prepared.forwards, **grid)
+
+
+def reprice_american(prepared: Prepared, fit_result, settings: Settings | LocalVolSpec = Settings(), **grid):
+    """American round trip (``core.pricing.american_roundtrip``): every used American quote priced under the
+    clipped local vol by the backward PDE with early exercise, against its own American bid/ask; None for a
+    chain that was not de-Americanised."""
+    if prepared.american is None:
+        return None
+    lv = local_vol_function(prepared, fit_result, settings)
+    return american_reprice(used(prepared.quotes), lv, prepared.forwards, **grid)
+
+
+def repricing_frame(repricing, american=None) -> pd.DataFrame:
+    """The rows of ``repricing.csv``: the forward Dupire round trip and, for an American chain, the American
+    one, with a ``model`` column saying which priced each row (``MODEL_FORWARD``, ``MODEL_AMERICAN``)."""
+    parts = []
+    if repricing is not None:
+        parts.append(repricing.table.assign(model=MODEL_FORWARD))
+    if american is not None:
+        parts.append(american.table.assign(model=MODEL_AMERICAN))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
 @dataclass(frozen=True)
@@ -269,10 +347,12 @@ class Calibration:
     arbitrage: Any
     repricing: Any = None
     seconds: dict = field(default_factory=dict)
+    american_repricing: Any = None
 
 
 def calibrate(chain: QuoteChain, settings: Settings = Settings(), *, with_repricing: bool = False) -> Calibration:
-    """Run the whole pipeline on a chain; ``with_repricing`` adds the PDE round trip."""
+    """Run the whole pipeline on a chain; ``with_repricing`` adds the PDE round trip (and, for an American
+    chain, the American round trip)."""
     t = {}
     t0 = time.perf_counter()
     prep = prepare(chain, settings)
@@ -286,13 +366,18 @@ def calibrate(chain: QuoteChain, settings: Settings = Settings(), *, with_repric
     t0 = time.perf_counter()
     arb = arbitrage(prep, fr, settings)
     t["arbitrage"] = time.perf_counter() - t0
-    rp = None
+    rp = arp = None
     if with_repricing:
         t0 = time.perf_counter()
         rp = reprice(prep, fr, settings)
         t["repricing"] = time.perf_counter() - t0
+        if prep.american is not None:
+            t0 = time.perf_counter()
+            arp = reprice_american(prep, fr, settings)
+            t["american_repricing"] = time.perf_counter() - t0
     t["total"] = sum(t.values())
-    return Calibration(settings=settings, prepared=prep, fit=fr, local_vol=lv, arbitrage=arb, repricing=rp, seconds=t)
+    return Calibration(settings=settings, prepared=prep, fit=fr, local_vol=lv, arbitrage=arb, repricing=rp, seconds=t,
+                       american_repricing=arp)
 
 
 # ----------------------------------------------------------------------------------------- outputs
@@ -312,14 +397,17 @@ def quotes_frame(prepared: Prepared, fit_result=None) -> pd.DataFrame:
 
 
 def forwards_frame(prepared: Prepared) -> pd.DataFrame:
-    """One row per expiry: expiry, T, forward, discount, pairs used, fit residual, fallback flag."""
+    """One row per expiry: expiry, T, forward, discount, pairs used, fit residual, fallback flag (American
+    chains: also ``r``, ``q``, ``carry_residual_bp``, ``carry_flag`` of ``core.american.implied_carry``)."""
     t = prepared.forwards.table.copy()
     return t.rename(columns={"F": "forward", "D": "discount"})
 
 
 def summary_dict(chain: QuoteChain, prepared: Prepared, fit_result=None, lv=None, repricing=None,
-                 seconds=None, settings: Settings | None = None) -> dict:
-    """The keys scripts rely on (README, "summary.json")."""
+                 seconds=None, settings: Settings | None = None, american_repricing=None) -> dict:
+    """The keys scripts rely on (README, "summary.json"). American chains add ``american`` (exercise,
+    dividend model, rate and its source, conversion counts and share, carry smoothness and flags;
+    ``Deamericanised.summary``), ``q``/``carry_flag`` per expiry and ``american_repricing``."""
     q = prepared.quotes
     code, names = _expiry_dates(q)
     n_used = np.bincount(code[use_mask(q) & (code >= 0)], minlength=len(names))
@@ -336,6 +424,9 @@ def summary_dict(chain: QuoteChain, prepared: Prepared, fit_result=None, lv=None
         item = {"expiry": e, "settlement": ("AM" if e and e.endswith(" AM") else "PM") if e else None,
                 "T": row["T"], "forward": row["F"], "discount": row["D"],
                 "n_used": int(n_used[k]) if k is not None else 0}
+        if "q" in fwd.columns:
+            item["r"], item["q"] = row["r"], row["q"]
+            item["carry_residual_bp"], item["carry_flag"] = row["carry_residual_bp"], row["carry_flag"]
         if fit_result is not None and e is not None:
             item["rmse_bp"] = fit_result.rmse_bp.get(e)
             item["inside_bid_ask"] = fit_result.inside_share.get(e)
@@ -351,6 +442,8 @@ def summary_dict(chain: QuoteChain, prepared: Prepared, fit_result=None, lv=None
         "excluded": {k: int(v) for k, v in prepared.counts.items() if k != "ok"},
         "expiries": expiries,
     }
+    if prepared.american is not None:
+        out["american"] = prepared.american.summary()
     if lv is not None:
         c = lv.counts
         out["local_vol"] = {k: int(c.get(k, 0)) for k in ("cells", "clipped", "butterfly", "calendar", "extrapolated")}
@@ -358,6 +451,9 @@ def summary_dict(chain: QuoteChain, prepared: Prepared, fit_result=None, lv=None
     if repricing is not None:
         out["repricing"] = {"max_bp": repricing.max_bp, "mean_bp": repricing.mean_bp,
                             "inside_bid_ask": repricing.inside_bid_ask}
+    if american_repricing is not None:
+        out["american_repricing"] = american_repricing.summary()
+        out["american_repricing"]["by_expiry"] = american_repricing.by_expiry.to_dict(orient="records")
     if seconds is not None:
         out["seconds"] = dict(seconds)
     return jsonable(out)
@@ -386,9 +482,10 @@ def write_outputs(cal: Calibration, out_dir) -> dict[str, Path]:
     sarb, qarb = cal.arbitrage
     arb = {"surface": sarb.counts, "quotes": qarb.to_dict(orient="records")}
     put("arbitrage.json", lambda p: p.write_text(json.dumps(jsonable(arb), indent=2)))
-    if cal.repricing is not None:
-        put("repricing.csv", lambda p: p.write_bytes(safe_csv(cal.repricing.table)))
-    summ = summary_dict(prep.chain, prep, fr, cal.local_vol, cal.repricing, cal.seconds, cal.settings)
+    if cal.repricing is not None or cal.american_repricing is not None:
+        put("repricing.csv", lambda p: p.write_bytes(safe_csv(repricing_frame(cal.repricing, cal.american_repricing))))
+    summ = summary_dict(prep.chain, prep, fr, cal.local_vol, cal.repricing, cal.seconds, cal.settings,
+                        american_repricing=cal.american_repricing)
     put("summary.json", lambda p: p.write_text(json.dumps(summ, indent=2)))
     return paths
 

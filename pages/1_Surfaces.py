@@ -2,6 +2,7 @@
 import numpy as np
 import streamlit as st
 
+from core.cleaning import use_mask
 from ui import controls, data, figures, messages, state
 
 controls.page_header("Surfaces", "Implied vol (the fitted surface) and Dupire local vol on the same grid, as heatmaps "
@@ -28,7 +29,7 @@ with messages.page_guard():
     moneyness = axis != "Strike"
     x = lv.K / ref if moneyness else lv.K
     xlabel = "K/S" if moneyness else "strike"
-    used = prep.quotes[prep.quotes["use"].astype(bool) & np.isfinite(prep.quotes["iv_mid"])]
+    used = prep.quotes[use_mask(prep.quotes) & np.isfinite(prep.quotes["iv_mid"]).to_numpy()]
     qx = used["strike"].to_numpy(float) / (ref if moneyness else 1.0)
     # Quotes outside the plotted strike range would stretch the axes: keep those on the grid.
     on = (used["strike"] >= lv.K.min()) & (used["strike"] <= lv.K.max())

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from core.cleaning import use_mask
 from ui import controls, data, figures, messages, series, state
 
 controls.page_header("Smiles", "One expiry at a time: market bid/ask implied vols, the fitted smile, the local-vol "
@@ -17,8 +18,7 @@ with messages.page_guard():
 
     q = prep.quotes
     keys = series.quote_keys(q)
-    use = q["use"].astype(bool)
-    fitted = series.sort_keys(k for k in pd.unique(keys[use.to_numpy()]) if k)   # the series the fit used
+    fitted = series.sort_keys(k for k in pd.unique(keys[use_mask(q)]) if k)   # the series the fit used
     labels = series.expiry_labels(series.sort_keys(k for k in pd.unique(keys) if k))
     kt = series.key_times(q)
     if state.get("smiles.expiry") not in fitted:
@@ -34,7 +34,7 @@ with messages.page_guard():
     qe = q[in_e & (np.isfinite(q["iv_mid"]) | np.isfinite(q["iv_ask"])).to_numpy()]
     T = float(kt[e])
     F = float(np.asarray(prep.forwards.F(T)))
-    used_e = qe["use"].astype(bool).to_numpy()
+    used_e = use_mask(qe)
     Kq = qe["strike"].to_numpy(float)
     Kspan = Kq if (show_all or not used_e.any()) else Kq[used_e]
     lo, hi = (Kspan.min(), Kspan.max()) if Kspan.size else (0.8 * F, 1.2 * F)

@@ -3,18 +3,11 @@ in the raw quotes (legs, cost, whether they survive the bid/ask), and the implie
 import numpy as np
 import streamlit as st
 
+from core.cleaning import used
 from ui import controls, data, figures, messages, series
 
 controls.page_header("Arbitrage", "Static arbitrage in the fitted surface (negative g = butterfly, negative dw/dT = "
                      "calendar) and in the raw quotes; the risk-neutral density each expiry implies.")
-
-
-def _grid_of(obj, *names):
-    for n in names:
-        v = getattr(obj, n, None)
-        if v is not None:
-            return np.asarray(v)
-    return None
 
 
 MAX_ROWS = 1000
@@ -25,14 +18,7 @@ with messages.page_guard():
     fr = sel.run(data.fitted)
     sarb, viol = sel.run(data.arbitrage)
 
-    y = _grid_of(sarb, "y", "y_grid")
-    T = _grid_of(sarb, "T", "T_grid")
-    g = _grid_of(sarb, "g")
-    wT = _grid_of(sarb, "w_T", "wT", "dw_dT")
-    if y is not None and y.ndim == 2:
-        y = y[0]
-    bf = np.asarray(getattr(sarb, "butterfly", g < 0), bool)
-    cal = np.asarray(getattr(sarb, "calendar", wT < 0), bool)
+    y, T, g, wT, bf, cal = sarb.y, sarb.T, sarb.g, sarb.w_T, sarb.butterfly, sarb.calendar
     c = st.columns(4)
     c[0].metric("Butterfly cells (g < 0)", f"{int(bf.sum()):,} / {g.size:,}")
     c[1].metric("Calendar cells (dw/dT < 0)", f"{int(cal.sum()):,} / {wT.size:,}")
@@ -116,10 +102,10 @@ with messages.page_guard():
                            key="arbitrage.dl_violations")
 
     st.markdown("#### Risk-neutral density per expiry (Breeden-Litzenberger, from the fitted surface)")
-    used = prep.quotes[prep.quotes["use"].astype(bool)]
-    Te = series.key_times(used)
+    uq = used(prep.quotes)
+    Te = series.key_times(uq)
     dlabels = series.expiry_labels(Te.index)
-    K = np.linspace(*np.quantile(used["strike"], [0.0, 1.0]), 401)
+    K = np.linspace(*np.quantile(uq["strike"], [0.0, 1.0]), 401)
     dens = data.density(fr.surface, prep.forwards, K, Te.to_numpy(float))
     mass = np.trapezoid(np.nan_to_num(dens), K, axis=1)
     # at most a dozen curves (evenly spread over the expiries, always the first and the last), on the strikes

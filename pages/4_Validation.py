@@ -4,6 +4,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from core.cleaning import use_mask, used
+from core.pricing import products
+from core.pricing.scenarios import Scenario
 from ui import controls, data, figures, messages, series
 
 controls.page_header("Validation & pricing", "Does the local vol give back the market? Every fitted quote repriced "
@@ -17,8 +20,7 @@ with messages.page_guard():
     st.markdown("#### Round trip: repriced minus market implied vol")
     t = rp.table
     ok = np.isfinite(t["error_bp"].to_numpy(float))
-    if "use" in t:
-        ok &= t["use"].astype(bool).to_numpy()
+    ok &= use_mask(t)
     t = t[ok]
     half = (t["iv_ask"].to_numpy(float) - np.nan_to_num(t["iv_bid"].to_numpy(float), nan=0.0)) * 1e4 / 2
     c = st.columns(4)
@@ -51,9 +53,26 @@ with messages.page_guard():
         st.caption("Model: forward Dupire PDE under the clipped local vol, one sweep for all quotes. "
                    "A quote is inside when the model's implied vol lies within its bid/ask vols.")
 
+    if prep.american is not None:  # an American chain: the American quotes themselves, early exercise included
+        arp = sel.run(data.repriced_american)
+        st.markdown("#### American round trip: the American quotes priced with early exercise")
+        c = st.columns(3)
+        c[0].metric("American quotes repriced", f"{arp.n:,}", help=f"{arp.n_failed} without a price")
+        c[1].metric("Inside American bid/ask", f"{100 * arp.inside_bid_ask:.0f}%")
+        c[2].metric("Seconds", f"{arp.seconds:.1f}")
+        st.dataframe(arp.by_expiry, hide_index=True, width="stretch",
+                     column_config={"T": st.column_config.NumberColumn(format="%.3f"),
+                                    "inside_bid_ask": st.column_config.NumberColumn("inside", format="percent"),
+                                    "mean_abs_half_spreads": st.column_config.NumberColumn(
+                                        "mean |error| (half spreads)", format="%.2f")})
+        st.caption("Model: backward PDE under the same local vol with the carry implied from the quotes, early "
+                   "exercise by projection; the European part from the forward sweep, the early-exercise premium "
+                   "from the backward grid (a control variate). The round trip above prices the European "
+                   "equivalents the surface was fitted to.")
+
     st.markdown("#### Exotics: local vol vs Black-Scholes (same random numbers)")
     spot = float(sel.chain.spot) if sel.chain.spot else float(np.asarray(prep.forwards.F(1e-6)))
-    Tmax = float(prep.quotes.loc[prep.quotes["use"].astype(bool), "T"].max())
+    Tmax = float(used(prep.quotes)["T"].max())
     with st.form("validation.exotic_form"):
         c = st.columns(6)
         product = c[0].selectbox("Product", ["Barrier", "Asian"], key="validation.product")
@@ -69,10 +88,11 @@ with messages.page_guard():
         st.form_submit_button("Price")
     cpi = 1 if cp == "call" else -1
     if product == "Barrier":
-        spec = ("barrier", kind, cpi, spot * strike_pct / 100, spot * barrier_pct / 100, float(T), int(n_paths), 1)
+        terms = products.Barrier(strike=spot * strike_pct / 100, T=float(T), barrier=spot * barrier_pct / 100,
+                                 kind=kind, cp=cpi)
     else:
-        spec = ("asian", cpi, spot * strike_pct / 100, float(T), 12, int(n_paths), 1)
-    res = sel.run(data.exotic, spec)
+        terms = products.Asian(strike=spot * strike_pct / 100, T=float(T), n_fixings=12, cp=cpi)
+    res = sel.run(data.exotic, terms, int(n_paths))
     c = st.columns(4)
     c[0].metric("Local vol", f"{res.price_lv:,.2f}", help=f"standard error {res.se_lv:.3f}")
     c[1].metric("Black-Scholes", f"{res.price_bs:,.2f}", help=f"ATM implied vol {100 * res.atm_vol:.2f}%")
@@ -100,11 +120,12 @@ with messages.page_guard():
         spot_move = c[3].number_input("Spot move (%)", -50.0, 50.0, value=0.0, step=1.0, key="validation.spot")
         sticky = c[4].selectbox("Smile follows", ["moneyness", "strike"], key="validation.sticky")
         st.form_submit_button("Apply shock")
-    fitted_T = np.sort(prep.quotes.loc[prep.quotes["use"].astype(bool), "T"].unique())
+    fitted_T = np.sort(used(prep.quotes)["T"].unique())
     pick_T = tuple(float(fitted_T[i]) for i in sorted({int(round(j)) for j in np.linspace(0, len(fitted_T) - 1, 5)}))
     strikes = tuple(round(spot * m, 2) for m in (0.8, 0.9, 1.0, 1.1, 1.2))
-    shock = (parallel / 100, skew / 100, term / 100, spot_move / 100, sticky)
-    sr = sel.run(data.scenario, shock, spec, strikes, pick_T)
+    shock = Scenario(name="shock", parallel=parallel / 100, skew=skew / 100, term=term / 100,
+                     spot_move=spot_move / 100, sticky=sticky)
+    sr = sel.run(data.scenario, shock, terms, strikes, pick_T)
     left, right = st.columns(2)
     with left:
         lvt = sr.local_vol

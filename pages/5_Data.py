@@ -3,7 +3,7 @@ import pandas as pd
 import streamlit as st
 
 from core import pipeline
-from core.cleaning import REASONS
+from core.cleaning import REASONS, use_mask
 from ui import controls, data, messages, series
 
 controls.page_header("Data & export", "Every quote loaded, with the reason it is used or not; forwards per expiry; "
@@ -27,7 +27,7 @@ with messages.page_guard():
     counts = pd.Series(prep.counts, name="quotes").rename_axis("reason").reset_index()
     counts["meaning"] = counts["reason"].map(REASONS).fillna("")
     counts = counts.sort_values("quotes", ascending=False)
-    in_use = quotes["use"].astype(bool)
+    in_use = use_mask(quotes)
     c = st.columns(4)
     c[0].metric("Quotes loaded", f"{len(quotes):,}")
     c[1].metric("Used in the fit", f"{int(in_use.sum()):,}")
@@ -38,15 +38,35 @@ with messages.page_guard():
         st.markdown("#### Quotes per reason code")
         st.dataframe(counts, hide_index=True, width="stretch")
     with right:
-        st.markdown("#### Forwards per expiry (put-call parity)")
+        st.markdown("#### Forwards per expiry (put-call parity)" if prep.american is None
+                    else "#### Forwards and implied carry per expiry (American model)")
         st.dataframe(fwd, hide_index=True, width="stretch",
                      column_config={"expiry": date_col, "expiry_key": key_col,
                                     "T": st.column_config.NumberColumn(format="%.4f")})
 
+    if prep.american is not None:  # an American chain: what the de-Americanisation did
+        am = prep.american.summary()
+        sm = am["carry_smoothness"]
+        st.markdown("#### American exercise: European-equivalent quotes")
+        c = st.columns(4)
+        c[0].metric("Exercise style", "American")
+        c[1].metric("Rate r", f"{am['r']:.2%}", help=f"source: {am['rate_source']} (core.american.implied_rate)")
+        c[2].metric("Quotes converted", f"{am['share_converted']:.0%}",
+                    help="usable quotes given a European equivalent (American vol, then the European price at it)")
+        ty = am["trailing_dividend_yield"]
+        c[3].metric("Carry level (T >= 3 months)", "n/a" if sm["level"] is None else f"{sm['level']:.2%}",
+                    help="median implied q; max jump between adjacent expiries: "
+                         + ("n/a" if sm["max_jump"] is None else f"{sm['max_jump']:.2%}")
+                         + ("" if ty is None else f"; trailing 12-month dividend yield of the source: {ty:.2%}"))
+        st.caption(f"Dividend model: {am['dividend_model']}. Conversions flagged (not used): "
+                   + ", ".join(f"{k} {v}" for k, v in am["counts"].items() if k.startswith("american_"))
+                   + f". Expiries whose carry is flagged: {am['carry_flags'] or 'none'}.")
+
     st.markdown("#### Quotes")
     reasons = sorted(quotes["reason"].unique())
     pick = st.multiselect("Show reasons", reasons, default=reasons, key="data.reasons")
-    cols = [c for c in ("expiry_key", "expiry", "T", "strike", "cp", "bid", "ask", "mid", "volume", "open_interest", "reason",
+    cols = [c for c in ("expiry_key", "expiry", "T", "strike", "cp", "bid", "ask", "mid", "bid_american", "ask_american",
+                        "eep", "deam_reason", "volume", "open_interest", "reason",
                         "use", "use_rule", "F", "y", "iv_bid", "iv_mid", "iv_ask", "iv_fit", "resid_bp")
             if c in quotes.columns]
     table = quotes.loc[quotes["reason"].isin(pick), cols].copy()

@@ -201,7 +201,7 @@ def test_bad_quote_table_raises():
 
 
 def test_demo_chain_shows_its_planted_bad_quotes_only():
-    demo = pytest.importorskip("core.sources.demo")
+    demo = pytest.importorskip("core.demo")
     chain = demo.demo_chain()
     bad = chain.meta["bad_quotes"]
     planted = {i for k in ("crossed", "below_intrinsic") for i in bad[k]}
@@ -220,8 +220,8 @@ def test_culprits_explain_demo_violations_by_the_planted_quotes():
     """Every executable violation in the demo is blamed on one of the planted bad quotes (crossed or
     below intrinsic): the greedy set cover names the quotes a trader should look at."""
     from core.arbitrage import quote_arbitrage
+    from core.demo import demo_chain
     from core.pipeline import prepare
-    from core.sources.demo import demo_chain
 
     chain = demo_chain()
     p = prepare(chain)

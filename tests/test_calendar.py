@@ -21,9 +21,9 @@ from core.calendar import (
     session_date,
     session_on_or_before,
 )
+from core.demo import demo_chain, demo_expiries
 from core.errors import InputError
 from core.quotes import expiry_time, make_quotes, settlement_for
-from core.sources.demo import demo_chain, demo_expiries
 
 NY = "America/New_York"
 

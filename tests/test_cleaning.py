@@ -21,10 +21,10 @@ from core.cleaning import (
     reason_counts,
     select_for_fit,
 )
+from core.demo import demo_chain
 from core.errors import InputError
 from core.forwards import Forwards, implied_forwards
 from core.quotes import make_quotes
-from core.sources.demo import demo_chain
 
 ASOF = pd.Timestamp("2026-06-15 14:30", tz="UTC")
 

@@ -105,7 +105,7 @@ def test_junk_file_subprocess_has_no_traceback(tmp_path):
 
 def test_wrong_encoding_latin1_is_read(tmp_path, capsys):
     """A latin-1 file (accents in a comment line) is decoded, not refused."""
-    from core.sources.demo import demo_chain
+    from core.demo import demo_chain
     from core.sources.tidy import tidy_text
 
     c = demo_chain()
@@ -191,7 +191,7 @@ def test_unknown_expiry(tmp_path, capsys):
 
 
 def test_bad_asof_and_spot_for_files(tmp_path, capsys):
-    from core.sources.demo import demo_chain
+    from core.demo import demo_chain
     from core.sources.yfcsv import write_yfinance_csv
 
     c = demo_chain()
@@ -233,7 +233,7 @@ def test_out_write_fails(tmp_path, capsys, monkeypatch, code, words):
 
 # ----------------------------------------------------------------------------------------- snapshots as a source
 def test_corrupt_snapshot_as_source(tmp_path, capsys):
-    from core.sources.demo import demo_chain
+    from core.demo import demo_chain
     from core.sources.snapshots import SnapshotStore
 
     p = SnapshotStore(tmp_path).save(demo_chain())
@@ -246,7 +246,7 @@ def test_corrupt_snapshot_as_source(tmp_path, capsys):
 
 
 def test_snapshot_as_source(tmp_path, capsys):
-    from core.sources.demo import demo_chain
+    from core.demo import demo_chain
     from core.sources.snapshots import SnapshotStore
 
     p = SnapshotStore(tmp_path).save(demo_chain())
@@ -260,7 +260,7 @@ def evil_tidy_file(tmp_path):
     """A tidy CSV whose underlying and root cells are spreadsheet formulas (OWASP CSV injection)."""
     import dataclasses
 
-    from core.sources.demo import demo_chain
+    from core.demo import demo_chain
     from core.sources.tidy import write_tidy_csv
 
     c = demo_chain()

@@ -60,8 +60,8 @@ def _home(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def market():
     """The demo chain quoted now (every expiry in the future), as yfinance-shaped frames per expiry."""
+    from core.demo import demo_chain
     from core.quotes import NEW_YORK
-    from core.sources.demo import demo_chain
     from core.sources.yfcsv import format_occ
 
     asof = pd.Timestamp.now(tz=NEW_YORK).floor("min").tz_localize(None)
@@ -302,8 +302,8 @@ def test_cache_folder_cannot_be_created(fake_yahoo, monkeypatch, _home):
 
 
 def test_snapshot_save_direct_errors(tmp_path, monkeypatch):
+    from core.demo import demo_chain
     from core.sources import snapshots
-    from core.sources.demo import demo_chain
     from core.sources.snapshots import SnapshotStore
 
     def refuse(fh, data):
@@ -336,7 +336,7 @@ def _corruptions(good: bytes) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def good_snapshot_bytes(tmp_path_factory):
-    from core.sources.demo import demo_chain
+    from core.demo import demo_chain
     from core.sources.snapshots import SnapshotStore
 
     c = demo_chain()
@@ -473,7 +473,7 @@ def test_upload_not_a_chain(content, words):
 def test_upload_name_is_never_a_path(tmp_path, monkeypatch):
     """An upload named like a path: read from memory only, the name only in messages and meta."""
     pytest.importorskip("streamlit")
-    from core.sources.demo import demo_chain
+    from core.demo import demo_chain
     from core.sources.tidy import tidy_text
     from ui import data
 

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from core.cleaning import clean_quotes
+from core.demo import demo_chain
 from core.errors import InputError
 from core.forwards import FALLBACKS, FORWARD_COLUMNS, Forwards, implied_forwards
-from core.sources.demo import demo_chain
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import pytest
 
 from core.black import use_backend
 from core.cleaning import CleaningConfig, clean_quotes
+from core.demo import demo_chain
 from core.forwards import implied_forwards
-from core.sources.demo import demo_chain
 from tests.reference_forwards import reference_forwards
 
 TOL = 1e-10  # the brief's bound on F and D; both backends are in fact bit for bit equal to the reference

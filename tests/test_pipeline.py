@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core.demo import demo_chain
 from core.errors import InputError
 from core.pipeline import (
     METHODS,
@@ -19,7 +20,6 @@ from core.pipeline import (
     summary_dict,
     write_outputs,
 )
-from core.sources.demo import demo_chain
 from tests.reference import ssvi_local_vol_reference
 
 SUMMARY_KEYS = {"source", "spot", "asof", "method", "n_quotes", "n_used", "excluded", "expiries", "local_vol", "seconds"}

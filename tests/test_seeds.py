@@ -25,7 +25,7 @@ from core.seeds import (
     local_vol_mc,
 )
 from core.surface.base import butterfly_g
-from core.surface.grid import fit_svi_slice, surface_from_grid, svi_raw
+from core.surface.grid import fit_grid_row, surface_from_grid, svi_raw
 from tests.reference import ssvi_local_vol_reference
 
 DEMO_PARAMS = dict(rho=-0.65, eta=1.1, gamma=0.4, v0=0.15**2, v_inf=0.20**2, kappa=1.5)
@@ -172,7 +172,7 @@ def test_svi_fit_recovers_an_ssvi_row_exactly():
     F = m.spot * np.exp((m.r - m.q) * T)
     y = np.log(m.strikes / F)
     w = m.implied_vols[4] ** 2 * T
-    p, rmse = fit_svi_slice(y, w, T)
+    p, rmse = fit_grid_row(y, w, T)
     assert rmse < 1e-8
     theta = float(m.model.theta_curve.theta(T))
     phi = float(m.model.phi(theta))
@@ -185,7 +185,7 @@ def test_svi_fit_avoids_butterfly_arbitrage_on_noisy_rows():
     rng = np.random.default_rng(5)
     y = np.linspace(-0.4, 0.3, 25)
     w = svi_raw(y, 0.01, 0.08, -0.6, 0.02, 0.15)[0] * (1 + rng.normal(0, 0.03, y.size))
-    p, _ = fit_svi_slice(y, w, 0.5)
+    p, _ = fit_grid_row(y, w, 0.5)
     yd = np.linspace(-1.5, 1.5, 301)
     wd, wy, wyy = svi_raw(yd, *p)
     assert butterfly_g(yd, wd, wy, wyy).min() > -1e-6

@@ -19,6 +19,7 @@ import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
 from core import pipeline
+from core.cleaning import use_mask
 from core.errors import DupireDeskError, InputError, NoOptionsError
 from core.quotes import NEW_YORK, QuoteChain
 from ui import data, messages, series, state
@@ -38,7 +39,7 @@ METHOD_LABELS = {
 #: the navigation: the landing page is named after the product (Streamlit would call it "app")
 PAGES = (("app.py", "Dupire Desk"), ("pages/1_Surfaces.py", "Surfaces"), ("pages/2_Smiles.py", "Smiles"),
          ("pages/3_Arbitrage.py", "Arbitrage"), ("pages/4_Validation.py", "Validation & pricing"),
-         ("pages/5_Data.py", "Data & export"))
+         ("pages/5_Data.py", "Data & export"), ("pages/6_Risk.py", "Risk"))
 
 
 def method_label(name: str) -> str:
@@ -411,7 +412,7 @@ def _settings(sb, chain: QuoteChain, key: str, kind: str, ident: tuple) -> pipel
     keys = series.quote_keys(prep.quotes)
     live = prep.quotes["T"].to_numpy(float) > 0
     available = series.sort_keys(k for k in pd.unique(keys[live]) if k)
-    default = series.sort_keys(k for k in pd.unique(keys[prep.quotes["use"].astype(bool).to_numpy()]) if k)
+    default = series.sort_keys(k for k in pd.unique(keys[use_mask(prep.quotes)]) if k)
     labels = series.expiry_labels(available)
     current = state.get("expiries")
     if st.session_state.get("keep.expiries_for") != key or current is None or any(e not in available for e in current):

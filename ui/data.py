@@ -1,7 +1,7 @@
 """Cached calls into ``core``: loaders and the pipeline, one cache per stage.
 
 Every cached function is keyed on what defines its result: the source's identity and content hash
-(``source_key``) and the ``Settings`` fields the stage reads. The chain itself is passed as an
+(``source_key``) and the specs the stage reads (``Settings.prepare_spec``, ``fit_spec``, ``local_vol_spec``). The chain itself is passed as an
 underscore argument (``_chain``: not hashed, its content hash is already in ``source_key``). So a
 change of the clip band re-runs only the local-vol stage; a change of smoothing re-runs fit and local
 vol; going back to an earlier setting is a cache hit. Two sessions share an entry only when their
@@ -13,7 +13,6 @@ results, testable without Streamlit.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import os
@@ -26,18 +25,21 @@ import streamlit as st
 
 from core import pipeline
 from core.arbitrage import risk_neutral_density as _density
+from core.cleaning import used
+from core.demo import demo_chain
 from core.errors import FormatError, InputError, NetworkError
 from core.export import safe_csv as _safe_csv
 from core.export import safe_filename
 from core.export import to_json_bytes as _to_json_bytes
+from core.localvol import LocalVolSpec
 from core.localvol import rules_of_thumb as _rules_of_thumb
 from core.pricing import exotics
-from core.pricing.scenarios import Instruments, Scenario, run_scenarios
+from core.pricing.scenarios import Instruments, run_scenarios
 from core.quotes import QuoteChain
 from core.sources import yahoo
-from core.sources.demo import demo_chain
 from core.sources.detect import load_files
 from core.sources.snapshots import SnapshotStore
+from core.surface.fit import FitSpec
 from ui import series
 
 MAX_UPLOAD_MB = 25                     # same as .streamlit/config.toml server.maxUploadSize
@@ -45,7 +47,6 @@ MAX_UPLOAD_ROWS = 200_000              # a full SPX chain is ~20k rows; beyond t
 TICKER_RE = re.compile(r"^\^?[A-Za-z0-9][A-Za-z0-9.\-=]{0,11}$")
 _TTL = 3600
 _ENTRIES = 48
-_DEFAULT = pipeline.Settings()
 
 
 def yahoo_timeout() -> float:
@@ -166,83 +167,123 @@ def forget_source(kind: str, ident: tuple) -> None:
 
 
 # ------------------------------------------------------------------------------------------ stages
-def _prep_settings(s: pipeline.Settings) -> pipeline.Settings:
-    """Only the fields ``prepare`` reads (the others reset), so a fit setting never re-prepares."""
-    return dataclasses.replace(s, method=_DEFAULT.method, smoothing=_DEFAULT.smoothing, clip=_DEFAULT.clip)
-
-
-def _fit_settings(s: pipeline.Settings) -> pipeline.Settings:
-    return dataclasses.replace(s, clip=_DEFAULT.clip)
-
-
+# Each public stage takes ``(source_key, _chain, settings)`` and hands its cached worker the specs it reads
+# (``Settings.prepare_spec``, ``fit_spec``, ``local_vol_spec``): each cache keys on exactly those.
 @st.cache_data(ttl=_TTL, max_entries=_ENTRIES, show_spinner="Cleaning quotes, forwards, implied vols...")
-def prepared(source_key: str, _chain: QuoteChain, settings: pipeline.Settings):
-    """``pipeline.prepare`` of the chain (keyed on the source and the quote-side settings)."""
-    return pipeline.prepare(_chain, _prep_settings(settings))
+def _prepared(source_key: str, _chain: QuoteChain, prep: pipeline.PrepareSpec):
+    return pipeline.prepare(_chain, prep)
 
 
 @st.cache_data(ttl=_TTL, max_entries=_ENTRIES, show_spinner="Fitting the implied-vol surface...")
+def _fitted(source_key: str, _chain: QuoteChain, prep: pipeline.PrepareSpec, fit: FitSpec):
+    return pipeline.fit(_prepared(source_key, _chain, prep), fit)
+
+
+def prepared(source_key: str, _chain: QuoteChain, settings: pipeline.Settings):
+    """``pipeline.prepare`` of the chain (keyed on the source and ``settings.prepare_spec``)."""
+    return _prepared(source_key, _chain, settings.prepare_spec)
+
+
 def fitted(source_key: str, _chain: QuoteChain, settings: pipeline.Settings):
-    """``pipeline.fit`` (keyed without the clip band)."""
-    s = _fit_settings(settings)
-    return pipeline.fit(prepared(source_key, _chain, s), s)
+    """``pipeline.fit`` (keyed on the source, ``prepare_spec`` and ``fit_spec``: not on the clip band)."""
+    return _fitted(source_key, _chain, settings.prepare_spec, settings.fit_spec)
+
+
+def _specs(settings: pipeline.Settings) -> tuple:
+    return settings.prepare_spec, settings.fit_spec, settings.local_vol_spec
+
+
+def _stage_inputs(source_key: str, _chain: QuoteChain, prep, fit):
+    return _prepared(source_key, _chain, prep), _fitted(source_key, _chain, prep, fit)
 
 
 @st.cache_data(ttl=_TTL, max_entries=_ENTRIES, show_spinner="Computing the Dupire local vol...")
+def _local_vol(source_key: str, _chain: QuoteChain, prep, fit, lvs: LocalVolSpec):
+    return pipeline.local_vol(*_stage_inputs(source_key, _chain, prep, fit), lvs)
+
+
 def local_vol(source_key: str, _chain: QuoteChain, settings: pipeline.Settings):
-    """``pipeline.local_vol`` on the default grid (the only stage that reads the clip band)."""
-    s = _fit_settings(settings)
-    return pipeline.local_vol(prepared(source_key, _chain, s), fitted(source_key, _chain, s), settings)
+    """``pipeline.local_vol`` on the default grid (keyed on the three specs: a clip change re-runs only this)."""
+    return _local_vol(source_key, _chain, *_specs(settings))
 
 
 @st.cache_data(ttl=_TTL, max_entries=_ENTRIES, show_spinner="Local vol at the quoted expiries...")
+def _smile_local_vol(source_key: str, _chain: QuoteChain, prep, fit, lvs: LocalVolSpec, n_strikes: int):
+    p, fr = _stage_inputs(source_key, _chain, prep, fit)
+    uq = used(p.quotes)
+    T = np.sort(uq.groupby(series.quote_keys(uq))["T"].first().to_numpy(float))
+    lo, hi = np.quantile(uq["strike"], [0.0, 1.0])
+    return pipeline.local_vol(p, fr, lvs, strikes=np.linspace(lo, hi, n_strikes), T=T)
+
+
 def smile_local_vol(source_key: str, _chain: QuoteChain, settings: pipeline.Settings, n_strikes: int = 121):
     """Local vol on (quoted expiries x strikes over each smile's quoted range): for the Smiles page."""
-    s = _fit_settings(settings)
-    prep = prepared(source_key, _chain, s)
-    fr = fitted(source_key, _chain, s)
-    used = prep.quotes[prep.quotes["use"].astype(bool)]
-    T = np.sort(used.groupby(series.quote_keys(used))["T"].first().to_numpy(float))
-    lo, hi = np.quantile(used["strike"], [0.0, 1.0])
-    K = np.linspace(lo, hi, n_strikes)
-    return pipeline.local_vol(prep, fr, settings, strikes=K, T=T)
+    return _smile_local_vol(source_key, _chain, *_specs(settings), n_strikes)
 
 
 @st.cache_data(ttl=_TTL, max_entries=_ENTRIES, show_spinner="Checking static arbitrage...")
+def _arbitrage(source_key: str, _chain: QuoteChain, prep, fit, lvs: LocalVolSpec):
+    p, fr = _stage_inputs(source_key, _chain, prep, fit)
+    surface, violations = pipeline.arbitrage(p, fr, lvs)   # checked per series
+    return surface, series.decorate_violations(violations, p.quotes)
+
+
 def arbitrage(source_key: str, _chain: QuoteChain, settings: pipeline.Settings):
     """(surface diagnostics of ``pipeline.arbitrage``, model-free quote violations checked within each
     expiry series by ``core.arbitrage.quote_arbitrage_by_series``: no violation mixes SPX and SPXW legs,
     labelled by ``ui.series.decorate_violations``)."""
-    s = _fit_settings(settings)
-    prep = prepared(source_key, _chain, s)
-    surface, violations = pipeline.arbitrage(prep, fitted(source_key, _chain, s), s)   # checked per series
-    return surface, series.decorate_violations(violations, prep.quotes)
+    return _arbitrage(source_key, _chain, *_specs(settings))
 
 
 @st.cache_data(ttl=_TTL, max_entries=_ENTRIES, show_spinner="Repricing every quote under local vol (PDE)...")
+def _repriced(source_key: str, _chain: QuoteChain, prep, fit, lvs: LocalVolSpec):
+    return pipeline.reprice(*_stage_inputs(source_key, _chain, prep, fit), lvs)
+
+
 def repriced(source_key: str, _chain: QuoteChain, settings: pipeline.Settings):
     """``pipeline.reprice``: the round trip through the forward Dupire PDE."""
-    s = _fit_settings(settings)
-    return pipeline.reprice(prepared(source_key, _chain, s), fitted(source_key, _chain, s), settings)
+    return _repriced(source_key, _chain, *_specs(settings))
+
+
+@st.cache_data(ttl=_TTL, max_entries=_ENTRIES,
+               show_spinner="Repricing the American quotes (backward PDE, early exercise)...")
+def _repriced_american(source_key: str, _chain: QuoteChain, prep, fit, lvs: LocalVolSpec):
+    return pipeline.reprice_american(*_stage_inputs(source_key, _chain, prep, fit), lvs)
+
+
+def repriced_american(source_key: str, _chain: QuoteChain, settings: pipeline.Settings):
+    """``pipeline.reprice_american``: the American round trip (None for a chain that was not de-Americanised)."""
+    return _repriced_american(source_key, _chain, *_specs(settings))
 
 
 @st.cache_data(ttl=_TTL, max_entries=_ENTRIES, show_spinner="Pricing under local vol and Black-Scholes (Monte Carlo)...")
-def exotic(source_key: str, _chain: QuoteChain, settings: pipeline.Settings, product: tuple):
-    """An exotic (``core.pricing.exotics``) under the clipped local-vol grid and under Black-Scholes.
+def _exotic(source_key: str, _chain: QuoteChain, prep, fit, lvs: LocalVolSpec, product, n_paths: int, seed: int):
+    p, fr = _stage_inputs(source_key, _chain, prep, fit)
+    fn = pipeline.local_vol_function(p, fr, lvs)
+    return exotics.price_mc(fn, p.forwards, product, n_paths=n_paths, n_steps=100, seed=seed)
 
-    ``product``: ``("barrier", kind, cp, strike, barrier, T, n_paths, seed)`` or
-    ``("asian", cp, strike, T, n_fixings, n_paths, seed)`` (hashable: it keys the cache).
-    """
-    s = _fit_settings(settings)
-    prep = prepared(source_key, _chain, s)
-    fwd = prep.forwards
-    fn = pipeline.local_vol_function(prep, fitted(source_key, _chain, s), settings)
-    if product[0] == "barrier":
-        _, kind, cp, K, H, T, n, seed = product
-        return exotics.price_barrier(fn, fwd, strike=K, barrier=H, T=T, kind=kind, cp=cp, n_paths=n,
-                                     n_steps=100, seed=seed)
-    _, cp, K, T, nfix, n, seed = product
-    return exotics.price_asian(fn, fwd, strike=K, T=T, n_fixings=nfix, cp=cp, n_paths=n, n_steps=100, seed=seed)
+
+def exotic(source_key: str, _chain: QuoteChain, settings: pipeline.Settings, product, n_paths: int, seed: int = 1):
+    """An exotic (a ``core.pricing.products`` ``Barrier`` or ``Asian``; frozen, so it keys the cache) by Monte Carlo
+    (``core.pricing.exotics.price_mc``, 100 steps) under the local vol and under Black-Scholes."""
+    return _exotic(source_key, _chain, *_specs(settings), product, n_paths, seed)
+
+
+@st.cache_data(ttl=_TTL, max_entries=_ENTRIES, show_spinner="Re-running local vol and prices under the shock...")
+def _scenario(source_key: str, _chain: QuoteChain, prep, fit, lvs: LocalVolSpec, shock, product, strikes: tuple,
+              expiries: tuple):
+    p, fr = _stage_inputs(source_key, _chain, prep, fit)
+    mc = {"n_paths": 10_000, "n_steps": 100, "seed": 7}
+    inst = Instruments(strikes=np.asarray(strikes, float), expiries=np.asarray(expiries, float),
+                       exotics=() if product is None else (product,), mc=mc)
+    return run_scenarios(fr.surface, p.forwards, [shock], inst, clip=lvs.clip)
+
+
+def scenario(source_key: str, _chain: QuoteChain, settings: pipeline.Settings, shock, product, strikes: tuple,
+             expiries: tuple):
+    """``core.pricing.scenarios.run_scenarios`` for one ``Scenario`` ``shock`` on vanillas at ``strikes`` x
+    ``expiries`` and, when given, the exotic ``product`` (as ``exotic``); returns a ``ScenarioResult``."""
+    return _scenario(source_key, _chain, *_specs(settings), shock, product, strikes, expiries)
 
 
 # ------------------------------------------------------------------------------------------ derived
@@ -289,53 +330,12 @@ def ql_layout(lv) -> tuple[pd.DataFrame, dict]:
     return frame.reset_index(), {"times": list(lay["times"]), "strikes": list(lay["strikes"]), "matrix": m.tolist()}
 
 
-def _settings_take_keys() -> bool:
-    """Whether ``pipeline.Settings.expiries`` accepts expiry keys ('2024-01-19 AM'); older pipelines take
-    ISO dates only (both series of a date then go together)."""
-    try:
-        return pipeline.Settings(expiries=("2000-01-21 AM",)).expiries == ("2000-01-21 AM",)
-    except Exception:  # noqa: BLE001 - any refusal means dates only
-        return False
-
-
-SETTINGS_TAKE_KEYS = _settings_take_keys()
-
-
 def expiry_choice(keys) -> tuple[str, ...]:
-    """The ``Settings.expiries`` value for chosen expiry keys: the keys where the pipeline takes them,
-    else their distinct dates."""
-    keys = series.sort_keys(keys)
-    if SETTINGS_TAKE_KEYS:
-        return tuple(keys)
-    return tuple(dict.fromkeys(series.key_date(k) for k in keys))
+    """The ``Settings.expiries`` value for chosen expiry keys (``core.quotes.expiry_key``), in expiry order."""
+    return tuple(series.sort_keys(keys))
 
 
 def ensure(cond: bool, message: str) -> None:
     """Raise ``InputError(message)`` unless ``cond`` (for page-level preconditions)."""
     if not cond:
         raise InputError(message)
-
-
-
-@st.cache_data(ttl=_TTL, max_entries=_ENTRIES, show_spinner="Re-running local vol and prices under the shock...")
-def scenario(source_key: str, _chain: QuoteChain, settings: pipeline.Settings, shock: tuple, exotic_spec: tuple | None,
-             strikes: tuple, expiries: tuple):
-    """``core.pricing.scenarios.run_scenarios`` for one shock ``(parallel, skew, term, spot_move, sticky)``
-    (vols as decimals, spot move relative) on vanillas at ``strikes`` x ``expiries`` and, when given,
-    the exotic of ``exotic_spec`` (the tuple of ``exotic``); returns a ``ScenarioResult``."""
-    s = _fit_settings(settings)
-    prep = prepared(source_key, _chain, s)
-    fr = fitted(source_key, _chain, s)
-    parallel, skew, term, spot_move, sticky = shock
-    sc = Scenario(name="shock", parallel=parallel, skew=skew, term=term, spot_move=spot_move, sticky=sticky)
-    ex = ()
-    mc = {"n_paths": 10_000, "n_steps": 100, "seed": 7}
-    if exotic_spec is not None:
-        if exotic_spec[0] == "barrier":
-            _, kind, cp, K, H, T, n, seed = exotic_spec
-            ex = ({"type": "barrier", "kind": kind, "cp": cp, "strike": K, "barrier": H, "T": T},)
-        else:
-            _, cp, K, T, nfix, n, seed = exotic_spec
-            ex = ({"type": "asian", "cp": cp, "strike": K, "T": T, "n_fixings": nfix},)
-    inst = Instruments(strikes=np.asarray(strikes, float), expiries=np.asarray(expiries, float), exotics=ex, mc=mc)
-    return run_scenarios(fr.surface, prep.forwards, [sc], inst, clip=settings.clip)

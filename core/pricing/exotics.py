@@ -25,8 +25,7 @@ from core.errors import InputError
 from core.localvol import constant_local_vol
 from core.pricing.mc import mc_grid, pair_stats, run_paths, time_grid
 from core.pricing.pde import forward_dupire
-
-BARRIER_KINDS = ("up-and-out", "up-and-in", "down-and-out", "down-and-in")
+from core.pricing.products import BARRIER_KINDS, Asian, Barrier
 
 
 def barrier_price_bs(S, K, H, T, r, q, sigma, kind: str, cp: int = 1):
@@ -323,3 +322,22 @@ def price_asian(lv, forwards, *, strike: float, T: float, fixings=None, n_fixing
                         se_bs=float(s_bs), smile_value=float(d), se_smile=float(s_d), atm_vol=float(atm_vol),
                         vanilla_lv=float(D * v_lv), vanilla_bs=float(D * v_bs),
                         n_paths=len(runs["lv"][1]), n_steps=len(times) - 1, seconds=time.perf_counter() - t0)
+
+
+def price_mc(lv, forwards, product, *, n_paths: int = 100_000, n_steps: int = 252, seed: int = 0) -> ExoticResult:
+    """Price a ``core.pricing.products`` ``Barrier`` (continuous monitoring, no rebate) or ``Asian`` by Monte Carlo
+    under local vol and Black-Scholes side by side (``price_barrier`` / ``price_asian``). ``InputError`` for
+    other products (vanillas and digitals: ``core.pricing.backward.price_pde``) and barriers with a rebate."""
+    if isinstance(product, Barrier):
+        if product.rebate:
+            raise InputError("the Monte Carlo barrier pays no rebate: price a barrier with a rebate by the PDE "
+                             "(core.pricing.backward.price_pde)")
+        return price_barrier(lv, forwards, strike=product.strike, barrier=product.barrier, T=product.T,
+                             kind=product.kind, cp=product.cp, monitoring=product.monitoring, n_paths=n_paths,
+                             n_steps=n_steps, seed=seed)
+    if isinstance(product, Asian):
+        return price_asian(lv, forwards, strike=product.strike, T=product.T, n_fixings=product.n_fixings,
+                           cp=product.cp, n_paths=n_paths, n_steps=n_steps, seed=seed)
+    raise InputError(f"Monte Carlo prices barriers and Asians, got {type(product).__name__}: price vanillas and "
+                     "digitals with core.pricing.backward.price_pde")
+

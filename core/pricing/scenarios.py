@@ -23,7 +23,7 @@ from core.black import black_price
 from core.errors import InputError
 from core.forwards import Forwards
 from core.localvol import DEFAULT_CLIP, local_vol_grid
-from core.pricing.exotics import price_asian, price_barrier
+from core.pricing.exotics import price_mc
 from core.pricing.pde import forward_dupire
 from core.surface.base import Derivatives, VolSurface
 
@@ -132,9 +132,9 @@ def shocked_forwards(forwards: Forwards, spot_move: float) -> Forwards:
 @dataclass(frozen=True)
 class Instruments:
     """What to price in each scenario: vanillas at ``strikes`` (nK,) x ``expiries`` (nT,) (out of the
-    money side, ``K >= F`` calls, else puts), and optional exotics: a list of dicts passed to
-    ``core.pricing.exotics.price_barrier`` (``{"type": "barrier", ...}``) or ``price_asian``
-    (``{"type": "asian", ...}``); ``mc`` keyword arguments for them (``n_paths``, ``n_steps``, ``seed``)."""
+    money side, ``K >= F`` calls, else puts), and optional exotics: ``core.pricing.products`` ``Barrier`` or
+    ``Asian`` terms priced by ``core.pricing.exotics.price_mc``; ``mc`` keyword arguments for it (``n_paths``,
+    ``n_steps``, ``seed``)."""
 
     strikes: np.ndarray
     expiries: np.ndarray
@@ -199,12 +199,8 @@ def run_scenarios(surface: VolSurface, forwards: Forwards, scenarios, instrument
         iv_pde = pde.implied_vol(KK, TT)
         atm = np.asarray(lv(fw.F(T), T), float)
         ex = []
-        for spec in instruments.exotics:
-            spec = dict(spec)
-            kind = spec.pop("type", "barrier")
-            fn = price_barrier if kind == "barrier" else price_asian
-            r = fn(lv, fw, **{**instruments.mc, **spec})
-            ex.append(r)
+        for product in instruments.exotics:
+            ex.append(price_mc(lv, fw, product, **instruments.mc))
         return dict(cp=cp, iv=iv, price=price, p_pde=p_pde, iv_pde=iv_pde, atm=atm, ex=ex, src=src)
 
     before = state(surface, forwards)

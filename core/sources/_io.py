@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from core.calendar import market_time, previous_session
-from core.errors import FormatError, InputError
+from core.errors import FormatError, InputError, optional_number
 from core.quotes import NEW_YORK, QuoteChain, exercise_style, make_quotes, to_utc
 
 MAX_BYTES = 256 * 1024 * 1024
@@ -511,15 +511,8 @@ def user_asof(asof: Any) -> pd.Timestamp | None:
 
 def user_spot(spot: Any) -> float | None:
     """The ``spot`` argument as a positive float, or None; ``InputError`` otherwise."""
-    if spot is None:
-        return None
-    try:
-        v = float(spot)
-    except (TypeError, ValueError):
-        raise InputError(f"spot {spot!r} is not a number; give the underlying's price, or leave it to parity") from None
-    if not (np.isfinite(v) and v > 0):
-        raise InputError(f"spot must be a positive number, got {spot!r}")
-    return v
+    return optional_number("spot", spot, positive=True,
+                           hint="give the underlying's price, or leave it out to use put-call parity")
 
 
 def underlying_of(root: str) -> str:

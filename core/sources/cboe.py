@@ -289,6 +289,23 @@ def _finish(rows: list[dict], *, head: _Head, spot, asof, layout: str, skipped: 
     return chain
 
 
+def _leg(parse, code: str, side: int, lineno: int, skipped: list) -> tuple | None:
+    """``parse(code)`` -> ``(root, expiry, cp, strike)`` for one side of a CBOE row, or None (an empty cell, or a
+    code that does not parse or sits in the wrong column: recorded in ``skipped`` with the line number)."""
+    if not code:
+        return None
+    try:
+        root, expiry, cp, strike = parse(code)
+    except FormatError as exc:
+        skipped.append((lineno, str(exc)))
+        return None
+    if cp != side:
+        skipped.append((lineno, f"{code!r} is a {'call' if cp > 0 else 'put'} in the "
+                                f"{'calls' if side > 0 else 'puts'} column"))
+        return None
+    return root, expiry, cp, strike
+
+
 def _read_old(lines: list[str], *, spot, asof) -> QuoteChain:
     header_idx = next((i for i, line in enumerate(lines[:12]) if line.startswith("Calls,") or _OLD_CODE.search(line)), None)
     if header_idx is None:
@@ -306,17 +323,10 @@ def _read_old(lines: list[str], *, spot, asof) -> QuoteChain:
             continue
         for side, off in ((1, 0), (-1, 7)):
             label = fields[off]
-            if not label:
+            parsed = _leg(parse_old_code, label, side, lineno, skipped)
+            if parsed is None:
                 continue
-            try:
-                root, expiry, cp, k_code = parse_old_code(label)
-            except FormatError as exc:
-                skipped.append((lineno, str(exc)))
-                continue
-            if cp != side:
-                skipped.append((lineno, f"{label!r} is a {'call' if cp > 0 else 'put'} in the "
-                                        f"{'calls' if side > 0 else 'puts'} column"))
-                continue
+            root, expiry, cp, k_code = parsed
             nm = _OLD_NAME.match(label)
             strike = k_code
             if nm:
@@ -371,16 +381,10 @@ def _read_modern(lines: list[str], *, spot, asof) -> QuoteChain:
         n_f = len(fields)
         for side, sym_col, idx in sides:
             sym = fields[sym_col]
-            if not sym:
+            parsed = _leg(parse_occ, sym, side, lineno, skipped)
+            if parsed is None:
                 continue
-            try:
-                root, expiry, cp, strike = parse_occ(sym)
-            except FormatError as exc:
-                skipped.append((lineno, str(exc)))
-                continue
-            if cp != side:
-                skipped.append((lineno, f"{sym!r} is in the {'calls' if side > 0 else 'puts'} column"))
-                continue
+            root, expiry, cp, strike = parsed
             exp = col_exp if col_exp is not None else pd.Timestamp(expiry)
             if col_exp is not None and col_exp.date() != expiry:
                 skipped.append((lineno, f"{sym!r}: expiry {expiry} differs from the row's {etext!r}"))

@@ -21,6 +21,10 @@ anything else unexpected                                ``DataSourceError``
 
 A chain download keeps whatever arrived: expiries that fail are listed in
 ``meta["failed_expiries"]`` (expiry, error kind, message); it raises only when no expiry arrived.
+For an American chain the cash dividends of the last ``DIVIDEND_HISTORY_DAYS`` days come with it, bounded
+the same way, in ``meta["dividends"]`` (ex-date, amount; kept in the snapshot) for the trailing yield that
+``core.american`` shows beside the implied carry; a failure there never fails the chain
+(``meta["dividends_error"]`` says why).
 Each successful download is saved as a snapshot (``core.sources.snapshots``); if saving fails the
 chain is still returned, with ``meta["snapshot_error"]`` saying why.
 """
@@ -48,12 +52,16 @@ from core.errors import (
     UnknownTickerError,
 )
 from core.quotes import QuoteChain
+from core.sources.snapshots import SnapshotStore
+from core.sources.yfcsv import chain_from_yfinance_frames
 
 _TICKER_RE = re.compile(r"^[A-Za-z0-9^.\-=]{1,12}$")
 #: at most this many abandoned (hung) yfinance threads at once; beyond it calls fail fast
 MAX_HUNG_THREADS = 16
 #: a chain download stops after this many consecutive timeouts (the network is gone)
 MAX_CONSECUTIVE_TIMEOUTS = 2
+#: an American chain keeps the cash dividends whose ex-date is at most this many days before the download
+DIVIDEND_HISTORY_DAYS = 400
 
 _hung_lock = threading.Lock()
 _hung: set[threading.Thread] = set()
@@ -135,10 +143,8 @@ class YahooSource:
             raise InputError(f"timeout must be a number of seconds in (0, 600], got {timeout!r}")
         self.timeout = t
         if snapshot_store is None and cache_dir is not None:
-            from core.sources.snapshots import SnapshotStore
             snapshot_store = SnapshotStore(cache_dir)
         elif snapshot_store is None:
-            from core.sources.snapshots import SnapshotStore
             snapshot_store = SnapshotStore()
         self.snapshot_store = snapshot_store or None
         self._factory = ticker_factory or _yf_ticker
@@ -248,8 +254,6 @@ class YahooSource:
         Raises the mapped error when nothing at all could be downloaded; ``InputError`` for a bad
         ticker or an expiry that is not listed.
         """
-        from core.sources.yfcsv import chain_from_yfinance_frames
-
         sym = validate_ticker(ticker)
 
         def tell(done: int, total: int, msg: str) -> None:
@@ -349,10 +353,46 @@ class YahooSource:
         q = chain.quotes.sort_values(["expiry", "strike", "cp"], ascending=[True, True, False], kind="stable")
         chain = dataclasses.replace(chain, quotes=q.reset_index(drop=True),
                                     spot_time=spot_time if spot is not None else None)
+        if chain.exercise == "american":
+            extra: dict[str, Any] = {}
+            if stop_reason is not None:
+                extra["dividends_error"] = stop_reason
+            else:
+                tell(total, total, f"downloading the dividends of {sym}")
+                try:
+                    div = self._dividends(t, sym)
+                    div = div[div.index >= fetched - pd.Timedelta(days=DIVIDEND_HISTORY_DAYS)]
+                    extra["dividends"] = [{"ex_date": i.date().isoformat(), "amount": float(v)} for i, v in div.items()]
+                except DupireDeskError as exc:
+                    extra["dividends_error"] = str(exc)
+            chain = dataclasses.replace(chain, meta={**chain.meta, **extra})
         chain = self._save(chain)
         tell(total, total, f"{sym}: {len(chain.quotes):,} quotes in {len(exps)} expiries"
              + (f", {len(failed)} failed" if failed else ""))
         return chain
+
+    def dividends(self, ticker: str) -> pd.Series:
+        """Cash dividends of ``ticker`` per ex-date (UTC timestamps, sorted; amounts per share), bounded in time.
+
+        Empty when the underlying pays none. Raises the mapped errors (``SourceTimeout``, ...) or
+        ``DataSourceError`` when Yahoo answers with something else than a series.
+        """
+        sym = validate_ticker(ticker)
+        return self._dividends(self._ticker(sym), sym)
+
+    def _dividends(self, t: Any, sym: str) -> pd.Series:
+        raw = self._call(lambda: t.dividends, f"downloading the dividends of {sym}")
+        if raw is None:
+            return pd.Series(dtype=float, index=pd.DatetimeIndex([], tz="UTC"))
+        if not isinstance(raw, pd.Series):
+            raise DataSourceError(f"Yahoo Finance's dividends of {sym} came as {type(raw).__name__}, not a series")
+        try:
+            idx = pd.to_datetime(raw.index, utc=True)
+        except (TypeError, ValueError) as exc:
+            raise DataSourceError(f"Yahoo Finance's dividends of {sym} have unreadable dates ({exc})") from None
+        amount = pd.to_numeric(pd.Series(raw.to_numpy(), index=idx), errors="coerce")
+        amount = amount[np.isfinite(amount) & (amount > 0)]
+        return amount.sort_index()
 
     def _save(self, chain: QuoteChain) -> QuoteChain:
         meta = dict(chain.meta)

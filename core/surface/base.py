@@ -7,7 +7,7 @@ broadcast like numpy; ``y = ln(K/F_T)``, ``T`` in years.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -71,3 +71,69 @@ class VolSurface(ABC):
         """Quoted log-moneyness range ``(lo, hi)`` at ``T`` (default: unbounded)."""
         T = np.asarray(T, dtype=float)
         return np.full(T.shape, -np.inf), np.full(T.shape, np.inf)
+
+
+@dataclass(frozen=True, eq=False)
+class SliceData:
+    """The quotes a fitter sees, grouped by expiry (``core.surface.fit`` builds it; every fitter takes it).
+
+    ``keys`` ``(n_exp,)`` expiry keys (``core.quotes.expiry_key``) in increasing ``T``; ``T``, ``y_lo``,
+    ``y_hi`` ``(n_exp,)`` each expiry's time (years) and quoted log-moneyness range; per quote ``(n,)``,
+    sorted by expiry then ``y``: ``y``, ``iv`` (mid implied vol), ``weight`` (least-squares weight, mean 1),
+    ``idx`` (the expiry's position in ``keys``), ``bid``/``ask`` (bid/ask implied vols, NaN where missing).
+    """
+
+    keys: tuple
+    T: np.ndarray
+    y: np.ndarray
+    iv: np.ndarray
+    weight: np.ndarray
+    idx: np.ndarray
+    y_lo: np.ndarray
+    y_hi: np.ndarray
+    bid: np.ndarray
+    ask: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class ModelFit:
+    """What a model's fitter returns: the ``surface``, per-expiry ``params`` (expiry key -> JSON-able dict, the
+    expiries that were fitted), surface-wide ``global_params``, the ``notes`` and ``failed`` expiries
+    ("key: reason") it has to report, and ``fit_weight`` (n,): the factor on each quote's weight in the model's
+    final least-squares solve (robust or band-insensitive reweighting; None: every quote at its weight)."""
+
+    surface: VolSurface
+    params: dict
+    global_params: dict = field(default_factory=dict)
+    notes: tuple = ()
+    failed: tuple = ()
+    fit_weight: np.ndarray | None = None
+
+
+def penalty_grid(lo: float, hi: float, n: int = 81, ext: float = 0.05) -> np.ndarray:
+    """Penalty grid: the quoted range ``[lo, hi]`` widened by ``ext`` (log-moneyness) on each side."""
+    return np.linspace(lo - ext, hi + ext, n)
+
+
+def check_arbitrage(surface: VolSurface, T_nodes, n_y: int = 121, n_sub: int = 8) -> dict:
+    """Count grid points with ``g < 0`` or ``w_T < 0`` inside the quoted range (expiries, ``n_sub - 1``
+    times between consecutive ones and two more close to each end, where blended corrections turn
+    fastest; ``n_y`` values of ``y`` across ``y_quoted(T)``)."""
+    Tn = np.asarray(T_nodes, float)
+    frac = np.unique(np.r_[np.linspace(0.0, 1.0, n_sub + 1)[:-1], 0.04, 0.96])
+    Ts = [Tn[0] * np.array([0.25, 0.5, 0.75])] + [a + (b - a) * frac for a, b in zip(Tn[:-1], Tn[1:], strict=True)]
+    Tg = np.unique(np.r_[np.concatenate(Ts), Tn])
+    lo, hi = surface.y_quoted(Tg)
+    lo = np.where(np.isfinite(lo), lo, -1.0)
+    hi = np.where(np.isfinite(hi), hi, 1.0)
+    u = np.linspace(0.0, 1.0, n_y)
+    Y = lo[:, None] + (hi - lo)[:, None] * u[None, :]
+    TT = np.broadcast_to(Tg[:, None], Y.shape)
+    d = surface.derivatives(Y, TT)
+    g = butterfly_g(Y, d.w, d.w_y, d.w_yy)
+    bad_g = ~(g >= -1e-10)
+    bad_c = ~(d.w_T >= -1e-12)
+    return {"points": int(Y.size), "butterfly": int(bad_g.sum()), "calendar": int(bad_c.sum()),
+            "g_min": float(np.nanmin(g)), "w_T_min": float(np.nanmin(d.w_T)),
+            "butterfly_T": sorted({round(float(t), 5) for t in TT[bad_g]})[:10],
+            "calendar_T": sorted({round(float(t), 5) for t in TT[bad_c]})[:10]}

@@ -67,30 +67,27 @@ their neighbours' mean by over 20% on SPX 2024-01-05 / NDX 2023-05-26 / SPX 2022
 it, for 1-2 points of inside share). ``smoothing`` in [0, 1] stiffens both (``10^(6 s)``, ``10^(4 s)``). With
 ``band = (iv_bid, iv_ask)`` a quote's residual also counts its excess beyond the band.
 
-Measured (the 2-core machine, busy): a 55-expiry SPX chain (12,400 quotes) in 0.15-0.3 s; inside bid/ask
-20% (SPX 2024-01-05), 54% (NDX 2023-05-26), 26% (SPX 2022-06-10). That is the ceiling of the slice, not of the
-fit: one free SSVI slice per expiry, fitted alone, gets 19% / 51% / 22% (raw SVI: 50% / 99% / 21%); three
-parameters cannot follow SPX smiles within their 1-5 bp spreads. eSSVI's strengths are elsewhere: no static
-arbitrage anywhere, a smooth analytic surface, exact recovery of SSVI and eSSVI surfaces (the bare-grid path
-of ``core.surface.grid``).
+On real index chains eSSVI sits inside the bid/ask far less often than the spline (``bench/bench_real.py``):
+that is the ceiling of the slice, not of the fit (one free SSVI slice per expiry, fitted alone, does no
+better); three parameters cannot follow SPX smiles within their 1-5 bp spreads. eSSVI's strengths are
+elsewhere: no static arbitrage anywhere, a smooth analytic surface, exact recovery of SSVI and eSSVI surfaces
+(the bare-grid path of ``core.surface.grid``).
 """
 from __future__ import annotations
 
-import contextlib
 import time
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-
-try:  # small dense solves run faster on one BLAS thread (a pool of threads was 20x slower on a busy machine)
-    from threadpoolctl import threadpool_limits
-except ImportError:  # pragma: no cover - optional: without it BLAS keeps its own thread count
-    threadpool_limits = None
+from scipy.interpolate import CubicSpline
+from threadpoolctl import threadpool_limits
 
 from core.errors import ConvergenceWarning, InputError
-from core.surface.base import Derivatives, VolSurface
+from core.surface.base import Derivatives, ModelFit, SliceData, VolSurface
 from core.surface.interp import MonotoneThetaCurve, quoted_y_range
+from core.surface.ssvi_fit import atm_total_variance, fit_theta_parametric, isotonic
+from core.surface.svi import SVISlice
 
 #: decay length (in ``ln theta``) of the log-slopes in the extrapolations before ``s_1`` and beyond ``s_n``
 EXTRAP_LENGTH = 1.0
@@ -255,8 +252,6 @@ class ThetaCurve:
     _spl: object = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        from scipy.interpolate import CubicSpline
-
         T = np.asarray(self.T_nodes, float)
         c = np.asarray(self.theta_nodes, float) - self.par.theta(T)
         spl = CubicSpline(np.sqrt(T), c, bc_type="not-a-knot") if T.size >= 2 else None
@@ -309,8 +304,6 @@ class ThetaCurve:
     def build(T_nodes, theta_nodes):
         """This curve through ``theta_nodes`` (n,) at ``T_nodes`` (n,), or ``MonotoneThetaCurve`` when it would
         decrease somewhere or the parametric fit fails."""
-        from core.surface.ssvi_fit import fit_theta_parametric
-
         T, th = np.asarray(T_nodes, float), np.asarray(theta_nodes, float)
         try:
             with warnings.catch_warnings():
@@ -818,8 +811,6 @@ def _start(Tn, y, iv, wt, idx):
     ``rho, psi`` per expiry from its ATM slope and curvature (``_atm_shape``); one ``rho`` (the median) and
     ``ln psi = c + kappa ln theta`` fitted through them (``kappa`` in [0.2, 0.8]). Returns ``theta`` (n,),
     ``P, M`` at the first expiry (inside the butterfly bounds) and ``kappa`` (the starting log-slope)."""
-    from core.surface.ssvi_fit import atm_total_variance, isotonic
-
     n = len(Tn)
     w = iv * iv * Tn[idx]
     th = np.array([atm_total_variance(y[idx == i], w[idx == i], wt[idx == i]) for i in range(n)])
@@ -869,9 +860,8 @@ def _reknot(prob: _Problem, z, max_knots: int):
 
 
 def _one_blas_thread():
-    """Context limiting BLAS to one thread (``threadpoolctl``), or a no-op without it."""
-    if threadpool_limits is None:
-        return contextlib.nullcontext()
+    """Context limiting BLAS to one thread (small dense solves: a pool of threads was 20x slower on a busy
+    machine)."""
     return threadpool_limits(limits=1, user_api="blas")
 
 
@@ -970,3 +960,22 @@ def fit_essvi(T_nodes, y, iv, wt, idx, *, band=None, smoothing: float = 0.0, y_l
     return ESSVIFitResult(surface=surf, T=Tn, theta=th, rho=rho, psi=psi, phi=phi, theta_start=th0,
                           success=ok, nfev=nfev, message=msg, downweighted=n_down, butterfly_scale=scale_b,
                           seconds=time.perf_counter() - t0)
+
+
+def fit_essvi_surface(data: SliceData, smoothing: float) -> ModelFit:
+    """The ``"essvi"`` method for the dispatcher: ``fit_essvi`` on the grouped quotes, with per-expiry
+    ``theta, rho, psi`` (and the raw-SVI slice they make) and the curves of the global fit."""
+    Tn = data.T
+    r = fit_essvi(Tn, data.y, data.iv, data.weight, data.idx, smoothing=smoothing, y_lo=data.y_lo, y_hi=data.y_hi)
+    params = {}
+    for i, k in enumerate(data.keys):
+        p = r.slice_params(i)
+        params[k] = {**p, "theta_start": float(r.theta_start[i]),
+                     "svi": SVISlice.from_ssvi(p["theta"], p["rho"], p["phi"]).to_dict()}
+    S = r.surface
+    gparams = {"T": [float(t) for t in Tn], "theta": [float(t) for t in r.theta], "rho": [float(v) for v in r.rho],
+               "psi": [float(v) for v in r.psi], "knots": list(S.lnP.knots), "slopes_P": list(S.lnP.slopes),
+               "slopes_M": list(S.lnM.slopes), "lnP0": S.lnP.F0, "lnM0": S.lnM.F0,
+               "theta_curve": type(S.theta_curve).__name__, "nfev": r.nfev, "success": r.success,
+               "downweighted": r.downweighted, "butterfly_scale": r.butterfly_scale}
+    return ModelFit(surface=S, params=params, global_params=gparams)

@@ -36,7 +36,6 @@ is kept. ``surface.method`` says which.
 """
 from __future__ import annotations
 
-import inspect
 import warnings
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -45,17 +44,19 @@ import numpy as np
 
 from core.errors import ArbitrageWarning, ConvergenceWarning, InputError
 from core.forwards import Forwards
+from core.surface import svi
 from core.surface.base import Derivatives, VolSurface
 from core.surface.essvi import fit_essvi
-from core.surface.interp import SVI_PARAMS, TInterp, butterfly_safeguard, quoted_y_range, svi_raw
+from core.surface.interp import TInterp, butterfly_safeguard, quoted_y_range
+from core.surface.svi import SVI_PARAMS, svi_raw
 
-__all__ = ["SVI_PARAMS", "GridSurface", "GridESSVISurface", "fit_svi_slice", "surface_from_grid", "svi_raw"]
+__all__ = ["SVI_PARAMS", "GridSurface", "GridESSVISurface", "fit_grid_row", "surface_from_grid", "svi_raw"]
 
 #: eSSVI is chosen when its RMSE (all points, and worst row) is at most ``(1 + a) x`` SVI's plus ``b`` (vol units)
 ESSVI_SLACK = (0.15, 1e-5)
 
 
-def fit_svi_slice(y, w, T: float, *, penalise_butterfly: bool = True, start=None):
+def fit_grid_row(y, w, T: float, *, penalise_butterfly: bool = True, start=None):
     """Fit one raw SVI slice to total variances ``w`` at log-moneyness ``y`` (1-d, finite), ``T`` years.
 
     ``core.surface.svi.fit_svi_slice`` on the implied vols ``sqrt(w / T)`` with equal weights (every grid
@@ -67,13 +68,11 @@ def fit_svi_slice(y, w, T: float, *, penalise_butterfly: bool = True, start=None
     slice (``core.surface.svi.quasi_explicit_start``), also the fallback if the fit fails.
     Returns ``(params (5,) = a, b, rho, m, sigma, rmse in vol)``.
     """
-    from core.surface import svi
-
     y = np.asarray(y, dtype=float)
     w = np.asarray(w, dtype=float)
     n = len(y)
     if n == 0:
-        raise InputError("fit_svi_slice needs at least one finite implied vol")
+        raise InputError("fit_grid_row needs at least one finite implied vol")
     iv = np.sqrt(np.maximum(w, 1e-300) / T)
 
     def rmse_of(q):
@@ -92,7 +91,7 @@ def fit_svi_slice(y, w, T: float, *, penalise_butterfly: bool = True, start=None
         ext = 0.5 * span if penalise_butterfly else 0.0
         grid = np.linspace(y.min() - ext, y.max() + ext, 81)
         # plain raw SVI (no spline correction: the bare grid's rows are smooth, GridSurface is SVI-only)
-        kw = {"correction": False} if "correction" in inspect.signature(svi.fit_svi_slice).parameters else {}
+        kw = {"correction": False}
         if start is not None:
             a, b, rho, m, sig = (float(v) for v in start)
             if b > 0 and abs(rho) < 1 and sig > 0:
@@ -115,7 +114,22 @@ def fit_svi_slice(y, w, T: float, *, penalise_butterfly: bool = True, start=None
 
 
 @dataclass(frozen=True, eq=False)
-class GridSurface(VolSurface):
+class _GridRows(VolSurface):
+    """What both bare-grid surfaces keep of the grid: the kept rows' ``T_nodes``, quoted ``y_lo``, ``y_hi`` and
+    fit RMSE ``rmse_vol`` (n,) (vol units), and the quoted ``y`` range between them."""
+
+    T_nodes: np.ndarray
+    y_lo: np.ndarray
+    y_hi: np.ndarray
+    rmse_vol: np.ndarray
+
+    def y_quoted(self, T):
+        """Quoted ``y`` range at ``T``: linear in ``T`` between rows, the end rows' range beyond."""
+        return quoted_y_range(T, self.T_nodes, self.y_lo, self.y_hi)
+
+
+@dataclass(frozen=True, eq=False)
+class GridSurface(_GridRows):
     """SVI slices at ``T_nodes`` joined in ``T`` by ``core.surface.interp.TInterp`` (module docstring).
 
     ``params`` ``(n, 5)``: raw SVI ``a, b, rho, m, sigma`` per node; ``y_lo``, ``y_hi`` ``(n,)``: the
@@ -124,11 +138,7 @@ class GridSurface(VolSurface):
     for this interpolant (analytic in ``y`` and ``T``; no finite differences).
     """
 
-    T_nodes: np.ndarray
-    params: np.ndarray
-    y_lo: np.ndarray
-    y_hi: np.ndarray
-    rmse_vol: np.ndarray
+    params: np.ndarray = None
     warnings: tuple = ()
     T_quoted: tuple = field(default=(0.0, np.inf))
     _scheme: object = field(default=None, init=False, repr=False, compare=False)
@@ -146,10 +156,6 @@ class GridSurface(VolSurface):
                                          np.asarray(self.y_hi, float))
         object.__setattr__(self, "_scheme", scheme)
         object.__setattr__(self, "T_quoted", (float(T[0]), float(T[-1])))
-
-    def y_quoted(self, T):
-        """Quoted ``y`` range at ``T``: linear in ``T`` between rows, the end rows' range beyond."""
-        return quoted_y_range(T, self.T_nodes, self.y_lo, self.y_hi)
 
     def slices(self, y):
         """``(w, w_y, w_yy)`` of every node slice at ``y`` (any shape): each ``(n_nodes, *y.shape)``."""
@@ -170,19 +176,15 @@ class GridSurface(VolSurface):
 
 
 @dataclass(frozen=True, eq=False)
-class GridESSVISurface(VolSurface):
+class GridESSVISurface(_GridRows):
     """The bare grid's eSSVI surface (module docstring): ``essvi`` (``core.surface.essvi.ESSVISurface`` fitted
     to every finite grid point at once) with the grid's bookkeeping: ``T_nodes``, ``y_lo``, ``y_hi``,
     ``rmse_vol`` (n,) per kept row, ``svi_rmse_vol`` (n,) of the per-row SVI fits it was compared with (NaN
     when the eSSVI fit was within 0.1 bp everywhere and the SVI rows were not fitted), ``warnings``.
     ``derivatives`` is the eSSVI surface's (closed form)."""
 
-    essvi: object
-    T_nodes: np.ndarray
-    y_lo: np.ndarray
-    y_hi: np.ndarray
-    rmse_vol: np.ndarray
-    svi_rmse_vol: np.ndarray
+    essvi: object = None
+    svi_rmse_vol: np.ndarray = None
     warnings: tuple = ()
     T_quoted: tuple = field(default=(0.0, np.inf))
     method: ClassVar[str] = "essvi"
@@ -194,10 +196,6 @@ class GridESSVISurface(VolSurface):
     def derivatives(self, y, T) -> Derivatives:
         """``w, w_y, w_yy, w_T`` of the eSSVI surface at ``(y, T)`` (broadcast)."""
         return self.essvi.derivatives(y, T)
-
-    def y_quoted(self, T):
-        """Quoted ``y`` range at ``T``: linear in ``T`` between rows, the end rows' range beyond."""
-        return quoted_y_range(T, self.T_nodes, self.y_lo, self.y_hi)
 
 
 def _essvi_grid(T, ys, ivs, ylo, yhi):
@@ -287,7 +285,7 @@ def surface_from_grid(strikes, maturities, implied_vols, S0, r=0.0, q=0.0):
         for k, (i, y, v) in enumerate(zip(rows, ys, ivs, strict=True)):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                p, rmse[k] = fit_svi_slice(y, v * v * T[i], T[i], start=params[-1] if params else None)
+                p, rmse[k] = fit_grid_row(y, v * v * T[i], T[i], start=params[-1] if params else None)
             params.append(p)
         if ess is not None:
             tot_e = np.sqrt(np.sum(n_pts * ess[1] ** 2) / n_pts.sum())

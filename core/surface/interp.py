@@ -49,9 +49,8 @@ the active branch of the filter): every derivative is analytic. Extrapolation in
 
 Speed: the slices are evaluated once per call (raw-SVI slices in one vectorised expression); points are
 grouped by interval (sorted by ``T``), and per interval the two node slopes are small matrix-vector
-products on contiguous column blocks and the filter, blend and Hermite basis work on that group only.
-Measured: 10 calls of 77k points (the PDE round trip on the demo chain) 0.28 s, of which 0.11 s is the
-SVI evaluation (the former scheme: 2.7 s).
+products on contiguous column blocks and the filter, blend and Hermite basis work on that group only
+(timings: ``bench/bench_localvol.py``).
 """
 from __future__ import annotations
 
@@ -61,36 +60,8 @@ import numpy as np
 from scipy.interpolate import CubicSpline
 
 from core.errors import InputError
-from core.surface.base import Derivatives, VolSurface
-
-#: raw-SVI parameter names, in the order of ``svi_raw``'s arguments and of parameter arrays.
-SVI_PARAMS = ("a", "b", "rho", "m", "sigma")
-
-
-def svi_raw(y, a, b, rho, m, sigma):
-    """Raw SVI ``w = a + b (rho (y - m) + sqrt((y - m)^2 + sigma^2))`` (Gatheral 2004) and its
-    ``y``-derivatives ``(w, w_y, w_yy)``; everything broadcasts (e.g. parameters ``(n, 1)`` against
-    ``y`` ``(N,)`` evaluates ``n`` slices at once). ``w_y = b (rho + x / R)``, ``w_yy = b sigma^2 / R^3``
-    with ``x = y - m``, ``R = sqrt(x^2 + sigma^2)``."""
-    y = np.asarray(y, dtype=float)
-    a, b, rho, m, sigma = (np.asarray(v, dtype=float) for v in (a, b, rho, m, sigma))
-    # in place where possible: this is on the hot path of every local-vol evaluation
-    x = np.subtract(y, m)
-    R = x * x
-    R += sigma * sigma
-    np.sqrt(R, out=R)
-    w = rho * x
-    w += R
-    w *= b
-    w += a
-    np.reciprocal(R, out=R)                     # R is 1 / R from here
-    w_yy = R * R
-    w_yy *= R
-    w_yy *= b * sigma * sigma
-    np.multiply(x, R, out=x)
-    x += rho
-    x *= b
-    return w, x, w_yy
+from core.surface.base import Derivatives, VolSurface, butterfly_g
+from core.surface.svi import SVI_PARAMS, SVISlice, svi_raw
 
 
 def _rowdot(v, X):
@@ -423,8 +394,6 @@ def butterfly_safeguard(scheme: TInterp, node_values, y_lo, y_hi, *, n_y: int = 
     ``linear_fallback`` the per-interval flags, ``(lam, linear)``). ``check_short=False``: no check before the
     first expiry (a surface that does not use the scheme there, ``SliceSurface(short_end="moneyness")``).
     """
-    from core.surface.base import butterfly_g
-
     n = scheme.n
     lam = np.ones(n)
     linear = np.zeros(max(n - 1, 0), bool)
@@ -481,8 +450,6 @@ def _is_raw_svi(sl) -> bool:
     """True for a plain raw-SVI slice (``core.surface.svi.SVISlice`` itself, not a subclass or a wrapper such
     as ``SVISplineSlice``), or an object declaring ``raw_svi = True``: only those may be evaluated from their
     ``a, b, rho, m, sigma`` alone; every other slice goes through its own ``derivs``."""
-    from core.surface.svi import SVISlice  # here, not at import: svi.py may import this module
-
     flag = getattr(type(sl), "raw_svi", None)
     if flag is not None:
         return bool(flag)
@@ -536,12 +503,9 @@ class SliceSurface(VolSurface):
         P = _svi_params(self.slices)
         object.__setattr__(self, "_svi", None if P is None else tuple(P.T[:, :, None]))
         if P is None:
-            # stacked evaluation of spline-corrected SVI slices or of smooth slices (lazy imports: both modules
-            # import this one)
-            from core.surface.smooth import SplineStack
-            from core.surface.svi import SVIStack
-
-            object.__setattr__(self, "_stack", SVIStack.of(self.slices) or SplineStack.of(self.slices))
+            # stacked evaluation (spline-corrected SVI slices, smooth slices): each kind of slice knows its stack
+            stack_of = getattr(type(self.slices[0]), "stack_of", None)
+            object.__setattr__(self, "_stack", stack_of(self.slices) if stack_of is not None else None)
         if self.short_end not in ("scaled", "moneyness"):
             raise InputError(f"short_end must be 'scaled' or 'moneyness', got {self.short_end!r}")
         scheme = TInterp(T)

@@ -1,7 +1,7 @@
 """Non-parametric slices: a penalised cubic spline in total variance per expiry, checked for arbitrage.
 
 Per expiry, ``w(y) = sum_j c_j B_j(y)`` on cubic B-splines with uniform knots over the quoted range
-``[y_lo, y_hi]``, widened to the previous expiry's (``fit_smooth``), with about one segment per quote gap
+``[y_lo, y_hi]``, widened to the previous expiry's (``fit_smooth_surface``), with about one segment per quote gap
 (2 to ``N_SEG_MAX`` segments: a P-spline, Eilers & Marx 1996, whose flexibility comes from the knots and
 whose smoothness from the penalty), minimising
 
@@ -26,9 +26,9 @@ smoothing): Huber rounds ``r_i = min(1, HUBER_C / |u_i|)``, then two of Tukey's 
 ``u_i = (fitted vol - mid vol) / scale_i``, ``scale_i = max(half band_i, 1.4826 MAD, RESID_FLOOR)``, and
 ``v_i`` the same with ``max(scale_i, BISQUARE_FLOOR)`` (stage 1 is convex: a real but non-convex smile,
 e.g. Andreasen-Huge's, leaves residuals of about a vol point that must not be cut). Quotes with ``r_i < 0.5``
-keep that weight and are listed in ``info["downweighted"]``; the others count fully (``r_i = 1``) (and by ``fit_smooth`` in the fit's warnings and ``params``).
+keep that weight and are listed in ``info["downweighted"]``; the others count fully (``r_i = 1``) (and by ``fit_smooth_surface`` in the fit's warnings and ``params``).
 
-Across expiries (``fit_smooth``): where the ``T``-interpolated surface has static arbitrage between two
+Across expiries (``fit_smooth_surface``): where the ``T``-interpolated surface has static arbitrage between two
 butterfly-free slices, their penalty is raised ``STIFFEN`` times and they are refitted (``STIFFEN_ROUNDS``).
 
 Two stages. (1) A convex regression: the same objective under ``Delta^2 c >= 0`` (with uniform knots,
@@ -47,8 +47,7 @@ from zero variance (``w' >= 0`` on the right, ``<= 0`` on the left; C1, ``w'' = 
 saturating, ``w_end + s L tanh(u / L)`` with ``L = w_end / (2 |s|)`` (C1, tends to ``w_end / 2 > 0``).
 ``SplineSlice`` caches its piecewise-polynomial coefficients (an evaluation is one ``searchsorted`` and a
 Horner step); ``SplineStack`` evaluates all slices of a surface at once (uniform breakpoints: the interval
-index is arithmetic). Measured: the PDE round trip on the demo chain (10 surface calls of 77k points)
-0.6 s with the smooth method (before: 2 s; SVI: 0.3 s). Slices are joined in ``T`` by ``core.surface.interp``.
+index is arithmetic). Slices are joined in ``T`` by ``core.surface.interp``.
 """
 from __future__ import annotations
 
@@ -57,9 +56,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.interpolate import BSpline, PPoly
+from scipy.optimize import least_squares, lsq_linear
 
 from core.errors import ConvergenceWarning, FitError
-from core.surface.base import butterfly_g, butterfly_g_grad
+from core.surface.base import ModelFit, SliceData, butterfly_g, butterfly_g_grad, check_arbitrage, penalty_grid
+from core.surface.interp import SliceSurface
 
 SLOPE_MAX = 1.98
 G_MARGIN = 0.02
@@ -152,6 +153,11 @@ class SplineSlice:
         y1 = y.reshape(-1)
         yc = np.clip(y1, self.y_lo, self.y_hi)
         return tuple(v.reshape(y.shape) for v in _extend(y1 - yc, *self._poly(yc)))
+
+    @staticmethod
+    def stack_of(slices):
+        """The slices evaluated together (``SplineStack.of``), or None when they cannot be (another kind among them)."""
+        return SplineStack.of(slices)
 
     def to_dict(self) -> dict:
         """JSON-able description."""
@@ -298,15 +304,13 @@ def fit_smooth_slice(y, iv, wt, T: float, *, smoothing: float = 0.0, prev=None, 
     ``y, iv, wt`` (N,): log-moneyness (increasing), mid vols, weights; ``T`` years; ``prev``: the previous
     expiry's slice (calendar); ``y_grid``: where the penalties are checked; ``band``: ``(iv_bid, iv_ask)``
     (N,) each, NaN where unknown (sets the penalty scale and the Huber scale); ``stiffen``: factor on the
-    penalty (``fit_smooth`` raises it where the surface between expiries has static arbitrage);
-    ``y_domain``: ``(lo, hi)`` over which the spline is defined (at least the quoted range; ``fit_smooth``
+    penalty (``fit_smooth_surface`` raises it where the surface between expiries has static arbitrage);
+    ``y_domain``: ``(lo, hi)`` over which the spline is defined (at least the quoted range; ``fit_smooth_surface``
     passes the union with the previous expiry's, so that where only that expiry is quoted this slice may
     bend to keep the surface between them butterfly-free instead of extending linearly). Returns
     ``(SplineSlice, info dict)``; ``info["robust_weight"]`` (N,) are the ``r_i``, ``info["downweighted"]``
     the indices with ``r_i < 0.5``.
     """
-    from scipy.optimize import least_squares, lsq_linear
-
     y, iv, wt = (np.asarray(a, float) for a in (y, iv, wt))
     if np.any(np.diff(y) < 0):
         order = np.argsort(y, kind="stable")
@@ -472,22 +476,22 @@ def fit_smooth_slice(y, iv, wt, T: float, *, smoothing: float = 0.0, prev=None, 
     return sl, info
 
 
-def fit_smooth(keys, Tn, y, iv, wt, idx, s, y_lo, y_hi, failed, notes, band=None):
+def fit_smooth_surface(data: SliceData, smoothing: float) -> ModelFit:
     """All slices in increasing ``T`` (calendar against the last fitted one), joined by
-    ``core.surface.interp.SliceSurface``. Returns ``(surface, params, global_params)``.
-
-    Arrays ``y, iv, wt, idx`` (N,) over all quotes (``idx`` the expiry index into ``keys`` / ``Tn``), ``s``
-    the smoothing, ``band`` optional ``(iv_bid, iv_ask)`` (N,) each; ``failed`` / ``notes`` collect
-    failed expiries and warnings (ignored or down-weighted quotes are listed there).
+    ``core.surface.interp.SliceSurface``: the ``"smooth"`` method for the dispatcher. Ignored or down-weighted
+    quotes are listed in the notes.
 
     The slices are checked one by one, but between expiries the surface is the ``T``-interpolation of
-    their ``y``-profiles: where ``core.surface.fit.check_arbitrage`` finds ``g < 0`` or ``dw/dT < 0`` at or
+    their ``y``-profiles: where ``core.surface.base.check_arbitrage`` finds ``g < 0`` or ``dw/dT < 0`` at or
     between expiries, the penalty of the slices on either side is raised ``STIFFEN`` times and those
     slices (and the later ones, for the calendar condition) are refitted, at most ``STIFFEN_ROUNDS`` times.
     """
-    from core.surface.fit import _grid, check_arbitrage
-    from core.surface.interp import SliceSurface
-
+    keys, Tn, y, iv, wt, idx, y_lo, y_hi = (data.keys, data.T, data.y, data.iv, data.weight, data.idx, data.y_lo,
+                                             data.y_hi)
+    s = smoothing
+    band = (data.bid, data.ask)
+    failed: list[str] = []
+    notes: list[str] = []
     n = len(keys)
     stiff = np.ones(n)
     results: list = [None] * n          # per expiry: (slice, info) or an error message
@@ -501,9 +505,9 @@ def fit_smooth(keys, Tn, y, iv, wt, idx, s, y_lo, y_hi, failed, notes, band=None
                 lo = min(y_lo[i], lo_prev) if lo_prev is not None else y_lo[i]
                 hi = max(y_hi[i], hi_prev) if hi_prev is not None else y_hi[i]
                 try:
-                    bd = None if band is None else (np.asarray(band[0], float)[m], np.asarray(band[1], float)[m])
+                    bd = (band[0][m], band[1][m])
                     r = fit_smooth_slice(y[m], iv[m], wt[m], float(Tn[i]), smoothing=s, prev=prev,
-                                         y_grid=_grid(lo, hi, n=101), band=bd, stiffen=stiff[i],
+                                         y_grid=penalty_grid(lo, hi, n=101), band=bd, stiffen=stiff[i],
                                          y_domain=(lo, hi))
                 except (ValueError, FloatingPointError, np.linalg.LinAlgError, FitError) as exc:
                     r = f"{keys[i]}: smooth fit failed ({exc})"
@@ -561,4 +565,5 @@ def fit_smooth(keys, Tn, y, iv, wt, idx, s, y_lo, y_hi, failed, notes, band=None
         if info["calendar_gap"] > 0:
             notes.append(f"{k}: smooth slice dips below the previous expiry by {info['calendar_gap']:.2e} in w")
         params[k] = {"T": float(Tn[i]), **sl.to_dict(), **info}
-    return surf, params, {"smoothing_lambda": {k: params[k]["lam"] for k in params}}
+    return ModelFit(surface=surf, params=params, global_params={"smoothing_lambda": {k: params[k]["lam"] for k in params}},
+                    notes=tuple(notes), failed=tuple(failed))

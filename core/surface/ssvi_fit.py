@@ -32,15 +32,17 @@ itself and only ``rho, eta, gamma`` are fitted.
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from core.errors import ConvergenceWarning, InputError
+from core.surface.base import ModelFit, SliceData
 from core.surface.interp import MonotoneThetaCurve, TInterp, quoted_y_range
 from core.surface.ssvi import SSVISurface, ThetaParametric, power_law_phi, ssvi_slice
-from core.surface.svi import box_least_squares
+from core.surface.svi import SVISlice, box_least_squares
 
 GAMMA_MIN = 1e-3
 RHO_MAX = 0.999
@@ -129,8 +131,6 @@ class ThetaBackbone:
     T_nodes: tuple
     theta_nodes: tuple
     par: ThetaParametric
-    _scheme: object = field(default=None, init=False, repr=False, compare=False)
-    _resid: object = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         T = np.asarray(self.T_nodes, float)
@@ -139,8 +139,14 @@ class ThetaBackbone:
             raise InputError("ThetaBackbone needs finite T_nodes and theta_nodes of one equal length >= 1")
         object.__setattr__(self, "T_nodes", tuple(float(x) for x in T))
         object.__setattr__(self, "theta_nodes", tuple(float(x) for x in th))
-        object.__setattr__(self, "_scheme", TInterp(T, clamped_end=True))
-        object.__setattr__(self, "_resid", th - self.par.theta(T))
+
+    @functools.cached_property
+    def _scheme(self) -> TInterp:
+        return TInterp(np.asarray(self.T_nodes), clamped_end=True)
+
+    @functools.cached_property
+    def _resid(self) -> np.ndarray:
+        return np.asarray(self.theta_nodes) - self.par.theta(np.asarray(self.T_nodes))
 
     def theta(self, T):
         """ATM total variance at ``T`` (years); broadcasts."""
@@ -268,3 +274,20 @@ def fit_ssvi(T_nodes, y, iv, wt, idx, *, smoothing: float = 0.0, y_lo=(), y_hi=(
                              y_lo=tuple(float(v) for v in y_lo), y_hi=tuple(float(v) for v in y_hi))
     return SSVIFitResult(surface=surf, rho=rho, eta=eta, gamma=gamma, thetas=np.asarray(thetas, float),
                          theta_start=th0, success=ok, nfev=nfev, message=str(msg))
+
+
+def fit_ssvi_surface(data: SliceData, smoothing: float) -> ModelFit:
+    """The ``"ssvi"`` method for the dispatcher: ``fit_ssvi`` on the grouped quotes, with per-expiry parameters
+    (``theta, phi`` and the raw-SVI slice they make) and the global ``rho, eta, gamma``."""
+    Tn = data.T
+    r = fit_ssvi(Tn, data.y, data.iv, data.weight, data.idx, smoothing=smoothing, y_lo=data.y_lo, y_hi=data.y_hi)
+    params = {}
+    for i, k in enumerate(data.keys):
+        th = float(r.surface.theta_curve.theta(Tn[i]))
+        phi = float(r.surface.phi(th))
+        params[k] = {"T": float(Tn[i]), "theta": th, "theta_start": float(r.theta_start[i]), "phi": phi,
+                     "rho": r.rho, "eta": r.eta, "gamma": r.gamma, "svi": SVISlice.from_ssvi(th, r.rho, phi).to_dict()}
+    gparams = {"rho": r.rho, "eta": r.eta, "gamma": r.gamma, "T": [float(t) for t in Tn],
+               "theta": [float(t) for t in r.thetas], "theta_curve": type(r.surface.theta_curve).__name__,
+               "nfev": r.nfev, "success": r.success}
+    return ModelFit(surface=r.surface, params=params, global_params=gparams)

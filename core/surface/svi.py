@@ -1,5 +1,5 @@
 """Raw SVI per expiry (Gatheral 2004) plus a spline correction, with butterfly and calendar control: the
-``"svi"`` method of ``core.surface.fit`` (the chain loop, envelope and repairs are in ``fit._fit_svi``).
+``"svi"`` method of ``core.surface.fit`` (the chain loop, envelope and repairs are in ``core.surface.svi_fit``).
 
 Slice: ``w(y) = a + b (rho (y - m) + sqrt((y - m)^2 + sigma^2))`` with ``b >= 0``, ``|rho| < 1``,
 ``sigma > 0`` and ``a + b sigma sqrt(1 - rho^2) >= 0`` (minimum of ``w`` non-negative). The wings are
@@ -71,14 +71,8 @@ ordered: no calendar arbitrage between ordered slices; a butterfly safeguard tha
 interpolation in ``sqrt(T)``; before the first expiry the first slice at fixed ``y / sqrt(T)``, which keeps
 its density); ``SVIStack`` evaluates all slices of a surface at once. ``CorrectedSliceSurface`` (backbones
 joined by the spline scheme, corrections by a smoothstep) is an alternative joining kept for callers;
-``fit_surface`` no longer uses it.
-
-Measured (``fit_surface(method="svi")`` on the pipeline's quotes, 2 shared cores, side by side with the
-former design): share of the used quotes inside bid/ask SPX 2024-01-05 (54 expiries, 12,258 quotes) 99.2%
-(was 40.5%), SPX 2022-06-10 99.3% (45.9%), NDX 2023-05-26 99.9% (90.8%), SPX 2022-07-12 intraday 98.4%
-(32.6%), SPX 2023-12-08 99.8% (51.8%), every expiry of 20 quotes or more at 87% or above; no
-``check_arbitrage`` violation (was up to 576 grid points); fit time 5.3 / 2.9 / 3.1 / 4.5 / 0.6 s (was
-12.8 / 7.0 / 6.8 / 9.3 / 2.7 s).
+``fit_surface`` no longer uses it. How close it sits inside the bid/ask of real chains, and how fast:
+``bench/bench_real.py`` and ``tests/surface/test_svi_real.py``.
 """
 from __future__ import annotations
 
@@ -92,7 +86,39 @@ from threadpoolctl import threadpool_limits
 
 from core.errors import ConvergenceWarning, InputError
 from core.surface.base import Derivatives, VolSurface, butterfly_g, butterfly_g_grad
-from core.surface.interp import svi_raw
+
+#: raw-SVI parameter names, in the order of ``svi_raw``'s arguments and of parameter arrays.
+SVI_PARAMS = ("a", "b", "rho", "m", "sigma")
+
+
+def svi_raw(y, a, b, rho, m, sigma):
+    """Raw SVI ``w = a + b (rho (y - m) + sqrt((y - m)^2 + sigma^2))`` (Gatheral 2004) and its
+    ``y``-derivatives ``(w, w_y, w_yy)``; everything broadcasts (e.g. parameters ``(n, 1)`` against
+    ``y`` ``(N,)`` evaluates ``n`` slices at once). ``w_y = b (rho + x / R)``, ``w_yy = b sigma^2 / R^3``
+    with ``x = y - m``, ``R = sqrt(x^2 + sigma^2)``."""
+    y = np.asarray(y, dtype=float)
+    a, b, rho, m, sigma = (np.asarray(v, dtype=float) for v in (a, b, rho, m, sigma))
+    # in place where possible: this is on the hot path of every local-vol evaluation
+    x = np.subtract(y, m)
+    if np.ndim(x) == 0:
+        x = np.reshape(x, 1)   # the in-place steps below need an array
+    shape = np.broadcast_shapes(y.shape, *(v.shape for v in (a, b, rho, sigma, m)))
+    R = x * x
+    R += sigma * sigma
+    np.sqrt(R, out=R)
+    w = rho * x
+    w += R
+    w *= b
+    w += a
+    np.reciprocal(R, out=R)                     # R is 1 / R from here
+    w_yy = R * R
+    w_yy *= R
+    w_yy *= b * sigma * sigma
+    np.multiply(x, R, out=x)
+    x += rho
+    x *= b
+    return w.reshape(shape), x.reshape(shape), w_yy.reshape(shape)
+
 
 U_MAX = 0.995      # b (1 + |rho|) <= 2 U_MAX: strictly inside Lee's bound
 G_MARGIN = 1e-4    # butterfly penalty of the backbone acts below this g
@@ -149,13 +175,7 @@ class SVISlice:
 
     def derivs(self, y):
         """``(w, w_y, w_yy)`` at log-moneyness ``y`` (any shape), closed form."""
-        y = np.asarray(y, dtype=float)
-        d = y - self.m
-        R = np.sqrt(d * d + self.sigma**2)
-        w = self.a + self.b * (self.rho * d + R)
-        w_y = self.b * (self.rho + d / R)
-        w_yy = self.b * self.sigma**2 / R**3
-        return w, w_y, w_yy
+        return svi_raw(y, self.a, self.b, self.rho, self.m, self.sigma)
 
     def w(self, y):
         """Total variance at ``y``."""
@@ -177,6 +197,11 @@ class SVISlice:
         ``a = theta (1 - rho^2) / 2``, ``b = theta phi / 2``, ``m = -rho / phi``, ``sigma = sqrt(1 - rho^2) / phi``."""
         return cls(a=0.5 * theta * (1 - rho**2), b=0.5 * theta * phi, rho=rho, m=-rho / phi,
                    sigma=np.sqrt(1 - rho**2) / phi)
+
+    @staticmethod
+    def stack_of(slices):
+        """The slices evaluated together (``SVIStack.of``), or None when they cannot be (another kind among them)."""
+        return SVIStack.of(slices)
 
     def to_dict(self) -> dict:
         """JSON-able parameters."""
@@ -236,16 +261,14 @@ def _svi_jac(x, y, want_jac: bool = True):
     b = 2.0 * u / ap
     q = np.sqrt(1.0 - rho * rho)
     a = v - b * sig * q
+    w, w1, w2 = svi_raw(y, a, b, rho, m, sig)
+    if not want_jac:
+        return (w, w1, w2), None
     d = y - m
     R = np.sqrt(d * d + sig * sig)
     iR = 1.0 / R
     iR3 = iR**3
     dR = d * iR
-    w = a + b * (rho * d + R)
-    w1 = b * (rho + dR)
-    w2 = b * sig * sig * iR3
-    if not want_jac:
-        return (w, w1, w2), None
     sgn = np.sign(rho)
     db_du, db_drho = 2.0 / ap, -2.0 * u * sgn / ap**2
     da_du, da_drho, da_dsig = -db_du * sig * q, -(db_drho * sig * q - b * sig * rho / q), -b * q
@@ -454,6 +477,11 @@ class SVISplineSlice:
         b = self.base
         return SVISplineSlice(SVISlice(a=b.a + da, b=b.b, rho=b.rho, m=b.m, sigma=b.sigma), self.knots, self.coef)
 
+    @staticmethod
+    def stack_of(slices):
+        """The slices evaluated together (``SVIStack.of``), or None when they cannot be (another kind among them)."""
+        return SVIStack.of(slices)
+
     def to_dict(self) -> dict:
         """JSON-able parameters: the backbone's ``a, b, rho, m, sigma`` and the correction."""
         return {**self.base.to_dict(), "correction_knots": [float(k) for k in self.knots],
@@ -578,7 +606,8 @@ def scaled_slice(sl, r: float):
     return SVISlice(a=sl.a * r, b=sl.b * r, rho=sl.rho, m=sl.m, sigma=sl.sigma)
 
 
-def _lift(sl, da: float):
+def lift(sl, da: float):
+    """The slice ``sl`` (plain or spline-corrected) with its level ``a`` raised by ``da`` (total variance)."""
     if isinstance(sl, SVISplineSlice):
         return sl.lifted(da)
     return SVISlice(a=sl.a + da, b=sl.b, rho=sl.rho, m=sl.m, sigma=sl.sigma)
@@ -1162,7 +1191,7 @@ def fit_svi_slice(y, iv, wt, T: float, *, y_grid, start: SVISlice | None = None,
         gap = float(np.max(w_prev - sl.w(yf)))
         if gap > -sep:
             lifted = gap + sep
-            sl = _lift(sl, lifted)
+            sl = lift(sl, lifted)
         gap = float(np.max(w_prev - sl.w(yf)))
     g_min = float(np.min(sl.g(_fine(yg, 4))))
     if not ok:

@@ -55,7 +55,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from core.errors import FitError
-from core.surface.base import Derivatives, VolSurface, butterfly_g, butterfly_g_grad
+from core.surface.base import Derivatives, ModelFit, SliceData, VolSurface, butterfly_g, butterfly_g_grad
 
 ZETA_SCALE = 0.1        # c: a = y / (c sqrt T); |a| = 1 at 0.1 sqrt(T) of log-moneyness (half an ATM sd)
 DZETA = 0.22            # knot spacing in zeta (near the money 0.022 in y / sqrt(T))
@@ -72,6 +72,8 @@ BAND_FLOOR = 0.1        # weight of a quote fitted at its mid, against 1 at the 
 HUBER_C = 4.0           # gross outliers: residual beyond 4 half bands (and 4 x 10 bp) is down-weighted
 G_MARGIN = 5e-3         # butterfly rows ask for g >= G_MARGIN
 W_T_MARGIN = 5e-4       # calendar rows ask for w_T >= W_T_MARGIN (local vol >= about 2%: the clip floor)
+SLOPE_TOL = 1e-9        # an end slope this close to zero points nowhere: not a violation (a flat smile's slopes are
+                        # zero up to rounding; treating those as violations sent flat surfaces through the QP)
 W_T_NEAR = 2e-3         # a check point with w_T below this (local vol ~4.5%) is watched by the QP
 QP_EPS = 1e-6           # OSQP tolerances (absolute and relative), on the objective scaled to a unit diagonal
 QP_RHO = 0.005          # OSQP's initial step: 150-300 ADMM iterations here, against about 2,000 at its default 0.1
@@ -220,13 +222,16 @@ class TensorSplineSurface(VolSurface):
 @dataclass(frozen=True)
 class TensorFit:
     """What ``fit_tensor`` returns: the surface, the robust weight of each quote (below 1: a gross outlier, more
-    than HUBER_C half spreads off the surface, down-weighted), and
+    than HUBER_C half spreads off the surface, down-weighted), ``fit_weight`` the factor each quote's weight
+    carried in the last least-squares solve (robust and band-insensitive: ``tensor_system(...).solve(fit_weight)``
+    reproduces the fit before its arbitrage QP), and
     per-round diagnostics (``rounds``: list of dicts) with the arbitrage left on the check grid (``violations``)."""
 
     surface: TensorSplineSurface
     robust_weight: np.ndarray
     rounds: list
     violations: dict
+    fit_weight: np.ndarray = None
 
 
 def _conditions(c, Gw, Gwy, Gwyy, GwT, yc) -> dict:
@@ -239,22 +244,141 @@ def _conditions(c, Gw, Gwy, Gwyy, GwT, yc) -> dict:
 def _violations(cd: dict, s_lo, s_hi) -> dict:
     """Counts of check points breaking each condition (``g < 0``, ``w_T < 0``, ``w <= 0``, end slopes)."""
     return {"butterfly": int((cd["g"] < 0).sum()), "calendar": int((cd["wT"] < 0).sum()),
-            "positivity": int((cd["w"] <= 0).sum()), "slopes": int((s_lo > 0).sum() + (s_hi < 0).sum()),
+            "positivity": int((cd["w"] <= 0).sum()),
+            "slopes": int((s_lo > SLOPE_TOL).sum() + (s_hi < -SLOPE_TOL).sum()),
             "points": int(len(cd["g"])), "g_min": float(np.min(cd["g"])), "w_T_min": float(np.min(cd["wT"]))}
 
 
-def _row_norms(G) -> np.ndarray:
+def row_norms(G) -> np.ndarray:
     """Euclidean norm of each row of a sparse matrix (1 where a row is empty)."""
     n = np.sqrt(np.asarray(G.multiply(G).sum(axis=1)).ravel())
     return np.where(n > 0, n, 1.0)
 
 
-def _check_points(grid: TensorGrid, nz_per: int = 3, nu_per: int = 4):
+def check_points(grid: TensorGrid, nz_per: int = 3, nu_per: int = 4):
     """Check grid over the knot domain: ``nz_per`` points per ``zeta`` interval, ``nu_per`` per ``u`` interval."""
     z = np.linspace(grid.z_lo, grid.z_hi, grid.nz * nz_per + 1)
     u = np.linspace(grid.u_lo, grid.u_hi, grid.nu * nu_per + 1)
     Z, U = np.meshgrid(z, u, indexing="ij")
     return Z.ravel(), U.ravel()
+
+
+@dataclass(frozen=True, eq=False)
+class TensorSystem:
+    """The penalised least-squares problem of ``fit_tensor`` for fixed quotes (module docstring).
+
+    ``A`` (N, P) data rows (``v`` at each quote), ``scale`` (N,) ``sqrt(wt) / (2 sigma)`` (residuals in vol units),
+    ``v_mid`` (N,) mid variances, ``half`` (N,) half bid/ask band in vol (the median where unknown), ``Pen``
+    (P, P) the roughness penalties, ``ridge``, ``diag`` (the mean data diagonal) and ``v_ref`` (the weighted
+    mean variance the ridge pulls towards) scalars; ``nband`` the
+    half bandwidth of the normal matrix. ``normal(weights)`` -> ``(M, rhs)``; ``solve(weights)`` -> coefficients
+    (banded Cholesky); ``cholesky(weights)`` the banded factor (upper form of ``scipy.linalg.cholesky_banded``).
+    """
+
+    A: object
+    scale: np.ndarray
+    v_mid: np.ndarray
+    half: np.ndarray
+    Pen: object
+    ridge: float
+    diag: float
+    nband: int
+    v_ref: float = 0.0
+
+    def normal(self, weights):
+        """Normal matrix ``A' W A + Pen + ridge I`` (sparse) and right-hand side ``A' W v_mid + ridge v_ref``, ``W``
+        the squared scales times ``weights`` (N,): the ridge pulls every coefficient towards the reference variance
+        ``v_ref`` (the B-splines sum to one, so a constant surface costs no ridge)."""
+        sw = self.scale * np.sqrt(weights)
+        Aw = self.A.multiply(sw[:, None]).tocsr()
+        P = self.A.shape[1]
+        return Aw.T @ Aw + self.Pen + self.ridge * sp.eye(P), Aw.T @ (self.v_mid * sw) + self.ridge * self.v_ref
+
+    def banded(self, weights):
+        """``(ab, rhs)``: the normal matrix in upper banded storage and the right-hand side."""
+        M, rhs = self.normal(weights)
+        M = M.tocoo()
+        up = M.col >= M.row
+        ab = np.zeros((self.nband + 1, M.shape[0]))
+        ab[self.nband + M.row[up] - M.col[up], M.col[up]] = M.data[up]
+        return ab, rhs
+
+    def cholesky(self, weights):
+        """Upper banded Cholesky factor of the normal matrix (``scipy.linalg.cho_solve_banded((f, False), b)``)."""
+        return sla.cholesky_banded(self.banded(weights)[0], lower=False, check_finite=False)
+
+    def solve(self, weights):
+        """Coefficients (P,) of the penalised solve with quote weights ``weights`` (N,)."""
+        ab, rhs = self.banded(weights)
+        try:
+            return sla.solveh_banded(ab, rhs, lower=False, check_finite=False)
+        except (sla.LinAlgError, ValueError):
+            return sla.lstsq(self.normal(weights)[0].toarray(), rhs, check_finite=False)[0]
+
+
+def tensor_system(grid: TensorGrid, y, T, iv, wt, *, band=None, smoothing: float = 0.0) -> TensorSystem:
+    """The least-squares problem of ``fit_tensor`` on ``grid`` for quotes (N,) at ``y``, ``T`` (each quote's
+    expiry time), mid vols ``iv``, weights ``wt``, ``band`` ``(iv_bid, iv_ask)`` (NaN where unknown): data rows
+    in vol units, and the penalties ``lam_z ||D2_zeta C||^2 + lam_u ||D2_u C||^2`` scaled by the mean data
+    diagonal, by ``10^(SMOOTH_DECADES smoothing)`` and by ``(median half band / B_REF)^BAND_POW`` beyond B_REF."""
+    y, T, iv, wt = (np.asarray(a, float) for a in (y, T, iv, wt))
+    zeta, u = grid.coords(y, T)
+    A = grid.rows(zeta, u)[0]
+    nzc, nuc = grid.shape
+    P = nzc * nuc
+    scale = np.sqrt(wt) / (2.0 * iv)
+    half = np.full(len(y), np.nan)
+    if band is not None:
+        bid, ask = (np.asarray(b, float) for b in band)
+        with np.errstate(invalid="ignore"):
+            half = np.where(np.isfinite(ask), 0.5 * (ask - np.where(np.isfinite(bid), bid, 0.0)), np.nan)
+    med = float(np.nanmedian(half)) if np.any(np.isfinite(half)) else 1e-3
+    half = np.where(np.isfinite(half) & (half > 0), half, med)
+
+    def D2(n):
+        return np.diff(np.eye(n), 2, axis=0)
+
+    Pz = sp.kron(sp.eye(nuc), sp.csr_matrix(D2(nzc).T @ D2(nzc)))
+    Pu = sp.kron(sp.csr_matrix(D2(nuc).T @ D2(nuc)), sp.eye(nzc))
+    diag = float(np.mean(((A.multiply(scale[:, None] ** 2)).T @ A).diagonal())) if P else 1.0
+    mult = 10.0 ** (SMOOTH_DECADES * float(np.clip(smoothing, 0.0, 1.0)))
+    # wide spreads leave room: the penalties grow with the median half spread beyond B_REF (a market quoted
+    # 50 bp wide is not followed as closely as one quoted 8 bp wide; the data term alone cannot tell them
+    # apart, its weights being relative)
+    mult *= max(1.0, float(np.median(half)) / B_REF) ** BAND_POW
+    # a whisper of ridge towards the mean variance keeps far corners determined
+    w2 = scale * scale
+    v_ref = float(np.sum(w2 * iv * iv) / np.sum(w2)) if len(iv) else 0.0
+    return TensorSystem(A=A, scale=scale, v_mid=iv * iv, half=half, Pen=diag * mult * (LAM_Z * Pz + LAM_U * Pu),
+                        ridge=1e-7 * diag, diag=diag, nband=3 * nzc + 3, v_ref=v_ref)
+
+
+@dataclass(frozen=True, eq=False)
+class ConditionForms:
+    """Linear forms (M, P) of ``w, w_y, w_yy, w_T`` at the arbitrage check points of a grid (``check_points``),
+    with the points' ``yc`` (log-moneyness) and ``Tc`` (years): ``G @ c`` evaluates them for coefficients ``c``
+    (numbered ``u``-major)."""
+
+    Gw: object
+    Gwy: object
+    Gwyy: object
+    GwT: object
+    yc: np.ndarray
+    Tc: np.ndarray
+
+
+def condition_forms(grid: TensorGrid) -> ConditionForms:
+    """``ConditionForms`` at ``check_points(grid)`` (module docstring: the derivatives are linear in ``C``)."""
+    Zc, Uc = check_points(grid)
+    Tc = np.exp(Uc)
+    R0, Rz, Rzz, Ru, _ = grid.rows(Zc, Uc)
+    ch, th = np.cosh(Zc), np.tanh(Zc)
+    return ConditionForms(
+        Gw=R0.multiply(Tc[:, None]).tocsr(),
+        Gwy=Rz.multiply((np.sqrt(Tc) / (ch * grid.c))[:, None]).tocsr(),
+        Gwyy=(Rzz - Rz.multiply(th[:, None])).multiply((1.0 / (ch * ch * grid.c * grid.c))[:, None]).tocsr(),
+        GwT=(R0 - Rz.multiply(0.5 * th[:, None]) + Ru).tocsr(),
+        yc=grid.c * np.sqrt(Tc) * np.sinh(Zc), Tc=Tc)
 
 
 def fit_tensor(T_nodes, y, iv, wt, idx, *, smoothing: float = 0.0, band=None, y_lo=None, y_hi=None) -> TensorFit:
@@ -288,66 +412,18 @@ def _fit_tensor(T_nodes, y, iv, wt, idx, *, smoothing, band, y_lo, y_hi) -> Tens
     nu = max(1, int(np.ceil((u_hi - u_lo) / DU)))
     grid = TensorGrid(z_lo=z_lo, hz=(z_hi - z_lo) / nz, nz=nz, u_lo=u_lo, hu=(u_hi - u_lo) / nu, nu=nu)
     nzc, nuc = grid.shape
-    P = nzc * nuc
 
-    # data rows in vol units: (v - v_mid) / (2 sigma), times sqrt(weight)
-    A = grid.rows(zeta, u)[0]
-    scale = np.sqrt(wt) / (2.0 * iv)
-    v_mid = iv * iv
-    half = np.full(len(y), np.nan)
-    if band is not None:
-        bid, ask = (np.asarray(b, float) for b in band)
-        with np.errstate(invalid="ignore"):
-            half = np.where(np.isfinite(ask), 0.5 * (ask - np.where(np.isfinite(bid), bid, 0.0)), np.nan)
-    med = float(np.nanmedian(half)) if np.any(np.isfinite(half)) else 1e-3
-    half = np.where(np.isfinite(half) & (half > 0), half, med)
-
-    def D2(n):
-        return np.diff(np.eye(n), 2, axis=0)
-
-    Pz = sp.kron(sp.eye(nuc), sp.csr_matrix(D2(nzc).T @ D2(nzc)))
-    Pu = sp.kron(sp.csr_matrix(D2(nuc).T @ D2(nuc)), sp.eye(nzc))
-    AtA0 = (A.multiply(scale[:, None] ** 2)).T @ A
-    diag = float(np.mean(AtA0.diagonal())) if P else 1.0
-    mult = 10.0 ** (SMOOTH_DECADES * float(np.clip(smoothing, 0.0, 1.0)))
-    # wide spreads leave room: the penalties grow with the median half spread beyond B_REF (a market quoted
-    # 50 bp wide is not followed as closely as one quoted 8 bp wide; the data term alone cannot tell them
-    # apart, its weights being relative)
-    mult *= max(1.0, float(np.median(half)) / B_REF) ** BAND_POW
-    Pen = diag * mult * (LAM_Z * Pz + LAM_U * Pu)
-    # a whisper of ridge towards the mean variance keeps far corners determined
-    ridge = 1e-7 * diag
-
-    Zc, Uc = _check_points(grid)
-    Tc = np.exp(Uc)
-    R0, Rz, Rzz, Ru, _ = grid.rows(Zc, Uc)
-    ch, th = np.cosh(Zc), np.tanh(Zc)
-    yc = grid.c * np.sqrt(Tc) * np.sinh(Zc)
-    # linear forms of w, w_y, w_yy, w_T at the check points
-    Gw = R0.multiply(Tc[:, None]).tocsr()
-    Gwy = Rz.multiply((np.sqrt(Tc) / (ch * grid.c))[:, None]).tocsr()
-    Gwyy = (Rzz - Rz.multiply(th[:, None])).multiply((1.0 / (ch * ch * grid.c * grid.c))[:, None]).tocsr()
-    GwT = (R0 - Rz.multiply(0.5 * th[:, None]) + Ru).tocsr()
+    system = tensor_system(grid, y, T, iv, wt, band=band, smoothing=smoothing)
+    A, half, diag = system.A, system.half, system.diag
+    forms = condition_forms(grid)
+    Gw, Gwy, Gwyy, GwT, yc, Tc = forms.Gw, forms.Gwy, forms.Gwyy, forms.GwT, forms.yc, forms.Tc
     # end slopes point away from zero variance: v_z <= 0 at the left end, >= 0 at the right end
     iu_end = np.linspace(grid.u_lo, grid.u_hi, grid.nu * 2 + 1)
     _, Ez_lo, _, _, _ = grid.rows(np.full(iu_end.shape, grid.z_lo), iu_end)
     _, Ez_hi, _, _, _ = grid.rows(np.full(iu_end.shape, grid.z_hi), iu_end)
     rho = np.ones(len(y))
     rounds: list = []
-    nband = 3 * nzc + 3
-
-    def solve(weights):
-        sw = scale * np.sqrt(weights)
-        Aw = A.multiply(sw[:, None]).tocsr()
-        M = (Aw.T @ Aw + Pen + ridge * sp.eye(P)).tocoo()
-        rhs = Aw.T @ (v_mid * sw)
-        up = M.col >= M.row
-        ab = np.zeros((nband + 1, P))
-        ab[nband + M.row[up] - M.col[up], M.col[up]] = M.data[up]
-        try:
-            return sla.solveh_banded(ab, rhs, lower=False, check_finite=False)
-        except (sla.LinAlgError, ValueError):
-            return sla.lstsq(M.toarray(), rhs, check_finite=False)[0]
+    solve = system.solve
 
     c = solve(rho)
 
@@ -380,12 +456,11 @@ def _fit_tensor(T_nodes, y, iv, wt, idx, *, smoothing, band, y_lo, y_hi) -> Tens
     rounds.append({"kind": "arbitrage", **viol})
     act = {"g": np.zeros(len(yc), bool), "c": np.zeros(len(yc), bool), "v": np.zeros(len(yc), bool),
            "lo": np.zeros(len(s_lo), bool), "hi": np.zeros(len(s_hi), bool)}
-    sw = scale * np.sqrt(rho)
-    Aw = A.multiply(sw[:, None]).tocsr()
+    M, rhs = system.normal(rho)
     # the objective scaled to a unit mean diagonal (the constraint rows have unit length): ADMM converges
     # in far fewer iterations on a well-scaled problem
-    Pq = sp.triu(Aw.T @ Aw + Pen + ridge * sp.eye(P)).tocsc() / diag
-    qv = -(Aw.T @ (v_mid * sw)) / diag
+    Pq = sp.triu(M).tocsc() / diag
+    qv = -rhs / diag
     t_qp = time.perf_counter()
     for _ in range(ARB_ROUNDS):
         if not any(viol[k] for k in ("butterfly", "calendar", "positivity", "slopes")):
@@ -417,7 +492,7 @@ def _fit_tensor(T_nodes, y, iv, wt, idx, *, smoothing, band, y_lo, y_hi) -> Tens
                 rows.append(G_[m])
                 lows.append(h[m])
         G = sp.vstack(rows).tocsr()
-        nr = _row_norms(G)
+        nr = row_norms(G)
         Acon = G.multiply((1.0 / nr)[:, None]).tocsc()
         lo_con = np.concatenate(lows) / nr
         solver = osqp.OSQP()
@@ -437,4 +512,22 @@ def _fit_tensor(T_nodes, y, iv, wt, idx, *, smoothing, band, y_lo, y_hi) -> Tens
     C = c.reshape(nuc, nzc).T.copy()
     surf = TensorSplineSurface(grid=grid, C=C, T_nodes=tuple(float(t) for t in Tn),
                                y_lo=tuple(float(v) for v in y_lo), y_hi=tuple(float(v) for v in y_hi))
-    return TensorFit(surface=surf, robust_weight=np.where(outlier, rho, 1.0), rounds=rounds, violations=viol)
+    return TensorFit(surface=surf, robust_weight=np.where(outlier, rho, 1.0), fit_weight=rho, rounds=rounds,
+                     violations=viol)
+
+
+def fit_spline_surface(data: SliceData, smoothing: float) -> ModelFit:
+    """The ``"spline"`` method for the dispatcher: ``fit_tensor`` on the grouped quotes (aimed at their bid/ask
+    band), with per-expiry ATM vol, quote counts and robustly down-weighted quotes."""
+    Tn, idx = data.T, data.idx
+    r = fit_tensor(Tn, data.y, data.iv, data.weight, idx, smoothing=smoothing, band=(data.bid, data.ask),
+                   y_lo=data.y_lo, y_hi=data.y_hi)
+    S = r.surface
+    atm = S.implied_vol(np.zeros(len(Tn)), Tn)
+    params = {k: {"T": float(Tn[i]), "atm_vol": float(atm[i]), "n_quotes": int(np.sum(idx == i)),
+                  "downweighted": int(np.sum((idx == i) & (r.robust_weight < 1.0)))} for i, k in enumerate(data.keys)}
+    n_dw = int(np.sum(r.robust_weight < 1.0))
+    notes = ((f"spline surface down-weights {n_dw} quote(s) far from the rest of the surface "
+              "(more than 4 half bid/ask spreads off)",) if n_dw else ())
+    gparams = {**S.to_dict(), "rounds": r.rounds, "arbitrage_left": r.violations}
+    return ModelFit(surface=S, params=params, global_params=gparams, notes=notes, fit_weight=r.fit_weight)

@@ -238,7 +238,7 @@ def test_every_page_renders(page, app_url, artifacts, name):
 
 
 def test_upload_cboe_then_junk(page, app_url, artifacts, tmp_path):
-    from core.sources.demo import demo_chain
+    from core.demo import demo_chain
     from core.sources.detect import export_chain
 
     good = tmp_path / "demo_cboe.csv"

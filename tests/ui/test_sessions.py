@@ -11,20 +11,20 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT
+
 data = pytest.importorskip("ui.data", reason="ui/data.py (the dashboard's cached calls) does not exist yet")
 
 
 @pytest.fixture(scope="module")
 def chains():
     """Two small, different chains: the demo slice and the same quotes of another seed."""
-    from core.sources.demo import demo_chain
+    from core.demo import demo_chain
 
     def small(seed):
         c = demo_chain(seed=seed)
@@ -117,25 +117,30 @@ def test_same_source_different_settings(chains):
 
 
 def test_stage_settings_reduction_keeps_what_the_stage_reads():
-    """``ui.data`` drops the fields a stage does not read from its key (so a clip change never
-    re-fits); check it never drops one the stage does read."""
-    from core.pipeline import Settings
+    """Each cached stage of ``ui.data`` keys on the specs its stage reads (so a clip change never re-fits);
+    check that those specs never drop a setting the stage does read."""
+    from core.pipeline import FIT_METHOD, Settings
 
     s = Settings(method="svi", smoothing=0.4, clip=(0.1, 0.9), r=0.01, q=0.02, expiries=("2026-09-18",),
                  max_spread_frac=0.7, min_volume=3, min_open_interest=4, n_strikes=30, n_expiries=7)
-    prep_s = data._prep_settings(s)
-    for f in ("r", "q", "expiries", "max_T", "min_quotes_per_expiry", "max_spread_frac", "min_volume",
-              "min_open_interest"):
+    prep_s = s.prepare_spec
+    for f in ("r", "q", "expiries", "max_T", "min_quotes_per_expiry"):
         assert getattr(prep_s, f) == getattr(s, f), f"prepare reads {f}"
-    fit_s = data._fit_settings(s)
-    for f in ("method", "smoothing", "r", "q", "expiries", "max_spread_frac", "min_volume", "min_open_interest"):
-        assert getattr(fit_s, f) == getattr(s, f), f"fit reads {f}"
+    for f in ("max_spread_frac", "min_volume", "min_open_interest"):
+        assert getattr(prep_s.filters, f) == getattr(s, f), f"prepare reads {f}"
+    fit_s = s.fit_spec
+    assert fit_s.method == FIT_METHOD[s.method], "fit reads method"
+    assert fit_s.smoothing == s.smoothing, "fit reads smoothing"
+    assert s.local_vol_spec.clip == s.clip and (s.local_vol_spec.n_strikes, s.local_vol_spec.n_expiries) == (30, 7)
+    for name, specs in (("_prepared", 1), ("_fitted", 2), ("_local_vol", 3)):
+        params = list(inspect.signature(getattr(data, name)).parameters)
+        assert params[:2] == ["source_key", "_chain"] and len(params) >= 2 + specs, (name, params)
 
 
 @pytest.fixture()
 def snapshot_home(tmp_path, monkeypatch):
     """A snapshot folder holding one chain of another underlying ('SNAPX'), for the second session."""
-    from core.sources.demo import demo_chain
+    from core.demo import demo_chain
     from core.sources.snapshots import SnapshotStore
 
     monkeypatch.setenv("DUPIRE_DESK_HOME", str(tmp_path))

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.demo import demo_chain
 from core.errors import InputError, SnapshotError
 from core.sources import snapshots as snapmod
-from core.sources.demo import demo_chain
 from core.sources.snapshots import SnapshotInfo, SnapshotStore, default_folder, safe_name
 
 

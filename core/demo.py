@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core.black import black_price
+from core.black import black_price, implied_vol
 from core.calendar import market_time, session_on_or_before
 from core.forwards import Forwards
 from core.quotes import QuoteChain, make_quotes, to_utc
@@ -292,8 +292,6 @@ def demo_fit_quotes(seed: int = 7):
     bid, ask and mid (``core.black.implied_vol``), ``F, D, y``, and ``use`` = out-of-the-money two-sided
     quotes that are not among the planted bad ones. Returns ``(quotes, forwards, chain)``; for tests and
     benchmarks of the fits in isolation (``core.pipeline.prepare`` is the production path)."""
-    from core.black import implied_vol
-
     ch = demo_chain(seed=seed)
     q = ch.quotes.copy()
     fwd = ch.meta["forwards"]

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.demo import demo_chain
 from core.errors import FormatError, InputError
 from core.quotes import NEW_YORK, QUOTE_COLUMNS
 from core.sources.cboe import parse_old_code, read_cboe, write_cboe
-from core.sources.demo import demo_chain
 from core.sources.detect import FORMATS, detect_format, export_chain, load_file
 from core.sources.tidy import read_tidy_csv, write_tidy_csv
 from core.sources.yfcsv import chain_from_yfinance_frames, format_occ, parse_occ, read_yfinance_csv, write_yfinance_csv

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from core.errors import InputError
 from core.forwards import Forwards
+from core.pricing.products import Barrier
 from core.pricing.scenarios import Instruments, Scenario, ShockedSurface, run_scenarios, shocked_forwards
 from core.surface.ssvi import SSVISurface, ThetaParametric
 
@@ -61,8 +62,7 @@ def test_sticky_strike_keeps_each_strikes_vol_sticky_moneyness_keeps_y():
 
 def test_run_scenarios_tables():
     inst = Instruments(strikes=np.array([85.0, 100.0, 115.0]), expiries=np.array([0.25, 1.0]),
-                       exotics=({"type": "barrier", "strike": 100.0, "barrier": 125.0, "T": 1.0,
-                                 "kind": "up-and-out"},),
+                       exotics=(Barrier(strike=100.0, barrier=125.0, T=1.0, kind="up-and-out"),),
                        mc={"n_paths": 20_000, "n_steps": 50, "seed": 3})
     scs = [Scenario("vol +1", parallel=0.01), Scenario("spot +5% sticky strike", spot_move=0.05, sticky="strike")]
     res = run_scenarios(SSVI, FW, scs, inst)

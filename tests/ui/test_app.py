@@ -10,15 +10,14 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from core import errors as E
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["pages/1_Surfaces.py", "pages/2_Smiles.py", "pages/3_Arbitrage.py", "pages/4_Validation.py",
          "pages/5_Data.py"]
 
@@ -77,7 +76,7 @@ def isolated(monkeypatch, tmp_path):
 
 @pytest.fixture(scope="module")
 def demo():
-    from core.sources.demo import demo_chain
+    from core.demo import demo_chain
 
     return demo_chain(seed=7)
 
@@ -412,7 +411,7 @@ def test_landing_page_is_named_after_the_product():
     at = run()
     ok(at)
     labels = [el.proto.label for el in at.sidebar.get("page_link")]
-    assert labels[0] == "Dupire Desk" and "app" not in labels and len(labels) == 6
+    assert labels[0] == "Dupire Desk" and "app" not in labels and len(labels) == 7
 
 
 # ------------------------------------------------------------------------------------------ other pages' controls

@@ -19,8 +19,8 @@ import pytest
 
 from core.errors import InputError
 from core.forwards import Forwards
-from core.surface.base import butterfly_g
-from core.surface.fit import check_arbitrage, fit_surface
+from core.surface.base import butterfly_g, check_arbitrage
+from core.surface.fit import fit_surface
 from core.surface.interp import SliceSurface
 from core.surface.svi import (
     SVISlice,
@@ -31,7 +31,7 @@ from core.surface.svi import (
     scaled_slice,
     target_band,
 )
-from tests.test_surface_fit import dense_arbitrage
+from tests.helpers import dense_arbitrage
 
 # European index chains and the time their prices were made (weekend downloads of Friday's close)
 CHAINS = {

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
 import pandas as pd
 import pytest
 
-from core.forwards import Forwards
 from core.surface.fit import fit_surface
-from tests.test_surface_fit import dense_arbitrage
+from tests.helpers import ah_quotes, dense_arbitrage
 
 METHODS = ("ssvi", "svi", "smooth")
 
@@ -67,18 +65,6 @@ def test_spx_smooth_reports_what_arbitrage_it_keeps(spx):
         assert any("butterfly arbitrage" in w for w in f.warnings)
     if f.arbitrage["calendar"]:
         assert any("calendar arbitrage" in w for w in f.warnings)
-
-
-def ah_quotes(shared_data):
-    d = pd.read_csv(shared_data / "quantlib_tests" / "andreasen_huge_market.csv")
-    S = 2772.7
-    T = d["maturity_years_qltest"].to_numpy(float)
-    exp = pd.Timestamp("2010-03-01") + pd.to_timedelta(d["maturity_days_qltest"], unit="D")
-    iv = d["implied_vol"].to_numpy(float)
-    q = pd.DataFrame({"expiry": exp, "T": T, "strike": d["strike"].to_numpy(float),
-                      "cp": np.where(d["option_type_qltest"] == "call", 1, -1), "y": np.log(d["strike"] / S),
-                      "iv_mid": iv, "iv_bid": iv, "iv_ask": iv, "use": True})
-    return q, Forwards.from_rates(S, 0.0, 0.0, np.unique(T))
 
 
 def test_andreasen_huge_smooth_close_to_quantlibs_tolerance(shared_data):

@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 
 from core.black import black_price
+from core.demo import demo_chain, demo_model, price_tick, third_friday
 from core.forwards import Forwards
 from core.quotes import NEW_YORK, QUOTE_COLUMNS
-from core.sources.demo import demo_chain, demo_model, price_tick, third_friday
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.errors import FitError
-from core.surface.base import butterfly_g
-from core.surface.fit import check_arbitrage, fit_surface
+from core.surface.base import butterfly_g, check_arbitrage
+from core.surface.fit import fit_surface
 from core.surface.ssvi import SSVISurface, ThetaParametric
 from core.surface.tensor import TensorSplineSurface, fit_tensor
 from tests.reference import ssvi_local_vol_reference

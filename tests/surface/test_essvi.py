@@ -18,9 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.errors import InputError
-from core.surface.base import butterfly_g
+from core.surface.base import butterfly_g, check_arbitrage
 from core.surface.essvi import ESSVISurface, LogSlopeCurve, essvi_slice, fit_essvi, fit_knots
-from core.surface.fit import check_arbitrage, fit_surface
+from core.surface.fit import fit_surface
 from core.surface.interp import MonotoneThetaCurve
 from tests.reference import ssvi_local_vol_reference
 
@@ -260,7 +260,7 @@ def test_fit_essvi_rejects_malformed_input(bad, what):
 
 # ------------------------------------------------------------------------------------- through fit_surface
 def test_fit_surface_essvi_on_the_demo():
-    from core.sources.demo import demo_fit_quotes
+    from core.demo import demo_fit_quotes
 
     q, fwd, ch = demo_fit_quotes(7)
     with warnings.catch_warnings():

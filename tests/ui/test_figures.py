@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 import pytest
 
 from core.surface.ssvi import SSVISurface, ThetaParametric
+from tests.conftest import SHARED_DATA
 from tests.reference import ssvi_local_vol_reference
 from ui import figures
 
@@ -348,14 +349,12 @@ def test_violation_legs_name_their_series_and_quoted_strikes():
 def test_spx_violations_stay_within_one_series():
     """A real SPX chain (AM monthlies and PM weeklies on the same dates): the dashboard's check never pairs
     legs of two series; the date-merged core check does (so this test can fail)."""
-    from pathlib import Path
-
     from core import pipeline
     from core.arbitrage import quote_arbitrage
     from core.sources.detect import load_files
     from ui import series
 
-    path = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cboe_modern" / "spx_20240105_close.csv"
+    path = SHARED_DATA / "cboe_modern" / "spx_20240105_close.csv"
     if not path.is_file():
         pytest.skip(f"{path} is absent")
     prep = pipeline.prepare(load_files([path]), pipeline.Settings())

@@ -13,12 +13,13 @@ from scipy.interpolate import BSpline
 
 from core.forwards import Forwards
 from core.surface import smooth as sm
+from core.surface.base import SliceData
 from core.surface.fit import fit_surface
 from core.surface.interp import SliceSurface
 from core.surface.smooth import SplineSlice, SplineStack, fit_smooth_slice
 from core.surface.ssvi import SSVISurface, ThetaParametric
+from tests.helpers import ah_quotes, dense_arbitrage
 from tests.reference import ssvi_local_vol_reference
-from tests.test_surface_fit import dense_arbitrage
 
 S0, R, Q = 100.0, 0.03, 0.01
 TRUE = SSVISurface(rho=-0.65, eta=1.1, gamma=0.4, theta_curve=ThetaParametric(0.15**2, 0.2**2, 1.5))
@@ -42,7 +43,7 @@ def _exact_quotes(half_band: float = 0.0):
 
 
 def _smooth_with_band(q, fw):
-    """``fit_smooth`` on the quotes with their bid/ask band passed (what ``fit_surface`` does once it hands
+    """``fit_smooth_surface`` on the quotes with their bid/ask band passed (what ``fit_surface`` does once it hands
     the band over; see the module docstring of ``core.surface.smooth``)."""
     q = q.sort_values(["T", "y"])
     Tn = np.unique(q["T"].to_numpy(float))
@@ -51,10 +52,10 @@ def _smooth_with_band(q, fw):
     keys = [f"T{t:.4f}" for t in Tn]
     y_lo = np.array([y[idx == i].min() for i in range(len(Tn))])
     y_hi = np.array([y[idx == i].max() for i in range(len(Tn))])
-    notes, failed = [], []
-    surf, params, _ = sm.fit_smooth(keys, Tn, y, q["iv_mid"].to_numpy(float), np.ones(len(q)), idx, 0.0, y_lo,
-                                    y_hi, failed, notes, band=(q["iv_bid"].to_numpy(float), q["iv_ask"].to_numpy(float)))
-    return surf, params, notes
+    data = SliceData(keys=tuple(keys), T=Tn, y=y, iv=q["iv_mid"].to_numpy(float), weight=np.ones(len(q)), idx=idx,
+                     y_lo=y_lo, y_hi=y_hi, bid=q["iv_bid"].to_numpy(float), ask=q["iv_ask"].to_numpy(float))
+    r = sm.fit_smooth_surface(data, 0.0)
+    return r.surface, r.params, list(r.notes)
 
 
 @pytest.fixture(scope="module")
@@ -190,8 +191,8 @@ def test_any_one_absurd_vol_leaves_the_rest_of_the_slice_alone(pos, factor, smoo
 # ------------------------------------------------------------------------------------- no arbitrage
 @pytest.fixture(scope="module")
 def demo_fits():
+    from core.demo import demo_chain
     from core.pipeline import prepare
-    from core.sources.demo import demo_chain
 
     p = prepare(demo_chain())
     with warnings.catch_warnings():
@@ -320,8 +321,6 @@ def test_andreasen_huge_smooth_fit_is_arbitrage_free_at_a_small_cost(shared_data
     """QuantLib's Andreasen-Huge vols (exact, no band): the quotes at 4.8y sit at the edge of butterfly
     arbitrage; joined with the next expiry the former smooth fit (max 13 bp) had g < 0 between them. Now no
     static arbitrage, for max 17.4 bp / mean 1.0 bp (QuantLib's tolerance for its own fit: 15 / 3.5)."""
-    from tests.test_surface_real import ah_quotes
-
     q, fwd = ah_quotes(shared_data)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 
 from core.cleaning import clean_quotes, reason_counts
+from core.demo import demo_chain
 from core.errors import (
     DataSourceError,
     InputError,
@@ -35,12 +36,11 @@ from core.forwards import implied_forwards
 from core.quotes import NEW_YORK
 from core.sources import snapshots as snapmod
 from core.sources import yahoo
-from core.sources.demo import demo_chain
 from core.sources.snapshots import SnapshotStore
 from core.sources.yahoo import YahooSource, map_error, validate_ticker
 from core.sources.yfcsv import YF_COLUMNS, format_occ
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 Options = namedtuple("Options", ["calls", "puts", "underlying"])
 _RELEASE = threading.Event()   # set at the end of the module so that hung fake threads finish
 

@@ -13,17 +13,17 @@ from hypothesis import strategies as st
 
 from core.errors import FitError, InputError
 from core.forwards import Forwards
-from core.surface.base import butterfly_g
 from core.surface.fit import SurfaceFit, fit_surface
 from core.surface.interp import MonotoneThetaCurve, monotone_hermite
 from core.surface.ssvi import ThetaParametric
+from tests.helpers import dense_arbitrage
 
 METHODS = ("ssvi", "svi", "smooth")
 
 
 def demo_quotes(seed: int = 7):
-    """``core.sources.demo.demo_fit_quotes``: the demo as a fit-ready frame on its exact forwards."""
-    from core.sources.demo import demo_fit_quotes
+    """``core.demo.demo_fit_quotes``: the demo as a fit-ready frame on its exact forwards."""
+    from core.demo import demo_fit_quotes
 
     q, fwd, ch = demo_fit_quotes(seed)
     return q, fwd, ch
@@ -36,17 +36,6 @@ def demo():
         warnings.simplefilter("error")          # a clean market must not make the optimisers complain
         fits = {m: fit_surface(q, fwd, method=m) for m in METHODS}
     return q, fwd, ch, fits
-
-
-def dense_arbitrage(surface, T_nodes, n_y=201):
-    """Independent check: g and w_T on a dense grid inside the quoted range, at and between expiries."""
-    Tn = np.asarray(T_nodes)
-    Tg = np.unique(np.r_[Tn, (Tn[1:] + Tn[:-1]) / 2, Tn[:-1] + (Tn[1:] - Tn[:-1]) / 7, 0.5 * Tn[0]])
-    lo, hi = surface.y_quoted(Tg)
-    Y = lo[:, None] + (hi - lo)[:, None] * np.linspace(0, 1, n_y)[None, :]
-    TT = np.broadcast_to(Tg[:, None], Y.shape)
-    d = surface.derivatives(Y, TT)
-    return butterfly_g(Y, d.w, d.w_y, d.w_yy).min(), d.w_T.min()
 
 
 def test_ssvi_recovers_the_generating_parameters(demo):
