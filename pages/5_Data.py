@@ -22,6 +22,10 @@ with messages.page_guard():
     fwd = pipeline.forwards_frame(prep)
     if "T" in fwd:
         fwd.insert(1, "expiry_key", [labels.get(k, k) for k in series.keys_for_T(prep.quotes, fwd["T"].to_numpy(float))])
+    carry_cols = [c for c in ("q", "carry_flag", "carry_residual_bp", "r") if c in fwd]
+    if carry_cols:   # an American chain: the implied carry and its diagnostic first
+        fwd = fwd[[c for c in ("expiry", "expiry_key", "T") if c in fwd] + carry_cols
+                  + [c for c in fwd.columns if c not in carry_cols and c not in ("expiry", "expiry_key", "T")]]
     date_col = st.column_config.DateColumn("expiry date", format="YYYY-MM-DD")
     key_col = st.column_config.TextColumn("expiry series", help="date, with AM for an AM-settled series (SPX monthly)")
     counts = pd.Series(prep.counts, name="quotes").rename_axis("reason").reset_index()
@@ -42,7 +46,13 @@ with messages.page_guard():
                     else "#### Forwards and implied carry per expiry (American model)")
         st.dataframe(fwd, hide_index=True, width="stretch",
                      column_config={"expiry": date_col, "expiry_key": key_col,
-                                    "T": st.column_config.NumberColumn(format="%.4f")})
+                                    "T": st.column_config.NumberColumn(format="%.4f"),
+                                    "q": st.column_config.NumberColumn("q (carry)", format="percent",
+                                                                       help="implied dividend yield or borrow"),
+                                    "r": st.column_config.NumberColumn(format="percent"),
+                                    "carry_residual_bp": st.column_config.NumberColumn(
+                                        "call-put vol gap (bp)", format="%.1f",
+                                        help="median |American vol of the call - of the put| at this q")})
 
     if prep.american is not None:  # an American chain: what the de-Americanisation did
         am = prep.american.summary()
@@ -60,7 +70,9 @@ with messages.page_guard():
                          + ("" if ty is None else f"; trailing 12-month dividend yield of the source: {ty:.2%}"))
         st.caption(f"Dividend model: {am['dividend_model']}. Conversions flagged (not used): "
                    + ", ".join(f"{k} {v}" for k, v in am["counts"].items() if k.startswith("american_"))
-                   + f". Expiries whose carry is flagged: {am['carry_flags'] or 'none'}.")
+                   + ". Expiries whose carry is flagged: "
+                   + (", ".join(f"{k} {v}" for k, v in am["carry_flags"].items()) if am["carry_flags"] else "none")
+                   + " (noisy: an ex-dividend date inside a short expiry's life, which one continuous yield averages).")
 
     st.markdown("#### Quotes")
     reasons = sorted(quotes["reason"].unique())

@@ -29,14 +29,14 @@ collocated at ``n + 1`` Chebyshev nodes (second kind) in ``sqrt(tau)`` on ``H = 
    ``sqrt(tau - u)``, where the integrands have their square-root behaviour (plain Gauss-Legendre in ``u``
    converges only like ``l^-3`` there).
 
-Default ``Scheme(n=16, l=12, m=2, p=48, l_first=6)``. On the test grid of tests/pricing/test_american.py
+Default ``Scheme(n=14, l=10, m=2, p=40, l_first=6)``. On the test grid of tests/pricing/test_american.py
 (2,560 options: S/K 0.7-1.3, T 1 week-3 years, sigma 0.05-0.8, r -1%..5%, q 0..6%, calls and puts) its
-max relative error on prices above 0.01 is 3.6e-7 against QuantLib's QdFpAmericanEngine iterated to
-convergence (median 1e-13; the worst at sigma = 0.05, T = 3y); QuantLib's highPrecisionScheme itself is
-2e-6 off there (10 fixed-point steps are not enough at low vol). On 250 random options far beyond the
-grid (T to 10 years, sigma 2%-200%, rates to 15%) the max is 2.3e-7; the weakest corner is low vol with
-a long expiry and a large carry (fewer nodes, e.g. ``n = 13``, give 4e-6 there). ``HIGH_PRECISION``
-agrees with the converged reference to 1e-8. Cost: ~20 us of CPU per option (numba backend, one core of
+max relative error on prices above 0.01 is 7.4e-7 against QuantLib's QdFpAmericanEngine iterated to
+convergence (median 2e-14; the worst at sigma = 0.05, T = 3y; ``n = 16, l = 12, p = 48``: 3.5e-7 for 20%
+more time, ``n = 12``: 3.7e-6); QuantLib's highPrecisionScheme itself is 2e-6 off there (10 fixed-point steps
+are not enough at low vol). The weakest corner is low vol with a long expiry and a large carry.
+``HIGH_PRECISION`` agrees with the converged reference to 1e-8. Cost: ~16 us of CPU per option (numba
+backend, one core of
 this machine), ~10x less than QuantLib's default QdFp scheme, ~250x less than its high-precision one.
 
 Calls use the put-call symmetry ``C(S, K, r, q, sigma) = P(K, S, q, r, sigma)`` (McDonald and Schroder
@@ -77,10 +77,10 @@ class Scheme:
     ``m`` Newton iterations from the QD+ start (the first with ``l_first`` points), ``p``-point price
     quadrature."""
 
-    n: int = 16
-    l: int = 12  # noqa: E741 (the paper's name)
+    n: int = 14
+    l: int = 10  # noqa: E741 (the paper's name)
     m: int = 2
-    p: int = 48
+    p: int = 40
     l_first: int = 6   # quadrature points of the first Newton step (from QD+, a coarse step is as good)
 
     def __post_init__(self):
@@ -90,7 +90,7 @@ class Scheme:
                 raise ValueError(f"Scheme.{name} must be an integer >= {lo}, got {v!r}")
 
 
-#: the default: max relative error 3.6e-7 on the test grid (module docstring)
+#: the default: max relative error 7.4e-7 on the test grid (module docstring)
 DEFAULT_SCHEME = Scheme()
 #: a reference-grade scheme (~10x slower): 1e-8 on the test grid
 HIGH_PRECISION = Scheme(n=24, l=32, m=4, p=96, l_first=32)

@@ -32,7 +32,7 @@ from core.cleaning import use_mask
 from core.errors import ConvergenceWarning, InputError
 from core.localvol import T_MIN
 
-FIRST_STEPS = 64        # time steps before the first expiry, at least
+FIRST_STEPS = 64        # time steps before the first expiry, at least (at n_t = 300; in proportion to n_t)
 T_POWER = 3.0           # step dates uniform in T^(1/T_POWER): dense where the solution moves fast
 
 
@@ -67,8 +67,9 @@ def _t_grid(expiries: np.ndarray, n_t: int, refine: int = 1) -> np.ndarray:
     base = T_max * np.linspace(0.0, 1.0, n_t + 1) ** T_POWER
     # the first expiry gets at least FIRST_STEPS steps of its own: a few days' expiry on a two-year grid
     # would otherwise see a dozen, too few for the kink of the payoff to be resolved
-    base = np.r_[base, expiries[0] * np.linspace(0.0, 1.0, FIRST_STEPS + 1) ** 2]
-    base.sort()
+    n_first = max(4, int(round(FIRST_STEPS * n_t / 300)))     # in proportion: refined grids stay refinements
+    if np.count_nonzero(base < expiries[0]) < n_first:
+        base = np.sort(np.r_[base, expiries[0] * np.linspace(0.0, 1.0, n_first + 1) ** 2])
     # keep every expiry; drop base nodes too close to one (no tiny steps)
     min_gap = 0.25 * T_max / n_t**2
     keep = np.all(np.abs(base[:, None] - expiries[None, :]) > min_gap, axis=1)

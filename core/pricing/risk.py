@@ -75,6 +75,7 @@ from core.errors import InputError
 from core.forwards import Forwards
 from core.localvol import (
     DEFAULT_CLIP,
+    GridLocalVol,
     check_clip,
     clip_local_vol,
     constant_local_vol,
@@ -445,28 +446,23 @@ def _full_refit(fit, forwards, d_iv) -> VolSurface:
 # ------------------------------------------------------------------------------------------------ vega
 class LatticeLocalVol:
     """Local vol read from a table over ``(z, t)``, ``z = ln(K / F_t) / (a sqrt t)`` (``a`` an ATM vol scale):
-    bilinear, flat beyond the table's edges. The strike resolution follows the spread of spot at each date
-    (a short-dated smile is narrow in strike), which a table rectangular in ``(K, T)`` would miss."""
+    ``core.localvol.GridLocalVol`` (bilinear, flat beyond the table's edges) in those coordinates. The strike
+    resolution follows the spread of spot at each date (a short-dated smile is narrow in strike), which a table
+    rectangular in ``(K, T)`` would miss. ``table`` ``(len(t), len(z))``."""
 
     def __init__(self, forwards: Forwards, z: np.ndarray, t: np.ndarray, a: float, table: np.ndarray):
-        self.forwards, self.z, self.t, self.a, self.table = forwards, z, t, a, table
+        self.forwards, self.z, self.t, self.a = forwards, z, t, a
+        self.grid = GridLocalVol(z, t, table)
 
-    @staticmethod
-    def _bracket(nodes, v):
-        i = np.clip(np.searchsorted(nodes, v, side="right") - 1, 0, len(nodes) - 2)
-        w = np.clip((v - nodes[i]) / (nodes[i + 1] - nodes[i]), 0.0, 1.0)
-        return i, w
+    @property
+    def table(self) -> np.ndarray:
+        return self.grid.table
 
     def __call__(self, K, T):
-        # forwards and time weights on T as given (a PDE passes a column of dates), broadcast afterwards
+        # forwards and scale on the dates as given (a PDE passes a column of dates), clamped to the table's
         t = np.clip(np.asarray(T, float), self.t[0], self.t[-1])
-        scale = np.asarray(self.forwards.F(t), float), self.a * np.sqrt(t)
-        j, wt = self._bracket(self.t, t)
-        z = np.log(np.asarray(K, float) / scale[0]) / scale[1]
-        z, j, wt = np.broadcast_arrays(z, j, wt)
-        i, wz = self._bracket(self.z, z)
-        G = self.table
-        return (1 - wt) * ((1 - wz) * G[j, i] + wz * G[j, i + 1]) + wt * ((1 - wz) * G[j + 1, i] + wz * G[j + 1, i + 1])
+        z = np.log(np.asarray(K, float) / np.asarray(self.forwards.F(t), float)) / (self.a * np.sqrt(t))
+        return self.grid(z, t)
 
 
 def lattice_scale(surface: VolSurface, T: float) -> float:

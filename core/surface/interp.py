@@ -402,7 +402,7 @@ def butterfly_safeguard(scheme: TInterp, node_values, y_lo, y_hi, *, n_y: int = 
     s = scheme.s
     u = np.arange(1, n_sub + 1) / (n_sub + 1.0)
     n_pre = 3 if check_short else 0
-    # in every interval: n_sub points uniform in s, and the fractions in T of ``core.surface.fit.check_arbitrage``
+    # in every interval: n_sub points uniform in s, and the fractions in T of ``core.surface.base.check_arbitrage``
     # (eighths, and close to both ends, where blends turn fastest)
     fr = np.unique(np.r_[np.linspace(0.0, 1.0, 9)[1:-1], 0.04, 0.96])
     T_chk = [scheme.T[0] * np.array([0.25, 0.5, 0.75][:n_pre])] + [
@@ -481,7 +481,7 @@ class SliceSurface(VolSurface):
     |1 - y w' / (2 w)|``). ``dw/dT = (W_1 - z W_1' / 2) / T_1`` (non-negative where ``1 - z W_1' / (2 W_1) >= 0``,
     the first factor of ``g``); ``w`` is continuous at ``T_1``, ``dw/dT`` in general not. ``check_n_y`` /
     ``check_n_sub``: the check grid of ``butterfly_safeguard`` (``n_sub = 0``: only the fractions of
-    ``core.surface.fit.check_arbitrage``)."""
+    ``core.surface.base.check_arbitrage``)."""
 
     T_nodes: tuple
     slices: tuple
