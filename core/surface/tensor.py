@@ -394,62 +394,46 @@ def fit_tensor(T_nodes, y, iv, wt, idx, *, smoothing: float = 0.0, band=None, y_
         return _fit_tensor(T_nodes, y, iv, wt, idx, smoothing=smoothing, band=band, y_lo=y_lo, y_hi=y_hi)
 
 
-def _fit_tensor(T_nodes, y, iv, wt, idx, *, smoothing, band, y_lo, y_hi) -> TensorFit:
-    Tn = np.asarray(T_nodes, float)
-    y, iv, wt = (np.asarray(a, float) for a in (y, iv, wt))
-    idx = np.asarray(idx, int)
-    T = Tn[idx]
-    if len(y) < 5:
-        raise FitError(f"only {len(y)} quotes: the tensor spline needs more")
-    if y_lo is None:
-        y_lo = np.array([y[idx == i].min() for i in range(len(Tn))])
-        y_hi = np.array([y[idx == i].max() for i in range(len(Tn))])
-    zeta = np.arcsinh(y / (ZETA_SCALE * np.sqrt(T)))
-    u = np.log(T)
-    z_lo, z_hi = float(zeta.min()) - ZETA_MARGIN, float(zeta.max()) + ZETA_MARGIN
-    u_lo, u_hi = float(u.min()) - U_MARGIN, float(u.max()) + U_MARGIN
-    nz = max(4, int(np.ceil((z_hi - z_lo) / DZETA)))
-    nu = max(1, int(np.ceil((u_hi - u_lo) / DU)))
-    grid = TensorGrid(z_lo=z_lo, hz=(z_hi - z_lo) / nz, nz=nz, u_lo=u_lo, hu=(u_hi - u_lo) / nu, nu=nu)
-    nzc, nuc = grid.shape
+def _robust_solve(system: TensorSystem, iv):
+    """The least-squares rounds of ``fit_tensor``: two Huber rounds on residuals in half-band units (gross
+    outliers stay down-weighted), then ``INSENSITIVE_ROUNDS`` band-insensitive rounds. Returns ``(c, rho,
+    outlier)``: coefficients, the final weight factors (N,), and the gross outliers (bool, N)."""
+    half = system.half
+    c = system.solve(np.ones(len(iv)))
 
-    system = tensor_system(grid, y, T, iv, wt, band=band, smoothing=smoothing)
-    A, half, diag = system.A, system.half, system.diag
+    def fitted_iv(c):
+        return np.sqrt(np.maximum(system.A @ c, 1e-12))
+
+    for _ in range(2):
+        r = (fitted_iv(c) - iv) / np.maximum(half, 1e-3)
+        rho = np.minimum(1.0, HUBER_C / np.maximum(np.abs(r), 1e-300))
+        c = system.solve(rho)
+    # only gross outliers stay down-weighted; a quote the surface merely misses counts fully
+    outlier = rho < 0.5
+    rho = np.where(outlier, rho, 1.0)
+    c = system.solve(rho)
+    # inside its band a quote asks for little: weights fall to BAND_FLOOR well inside the bid/ask (an
+    # epsilon-insensitive loss by reweighting), so that noise within the spread is not followed
+    for _ in range(INSENSITIVE_ROUNDS):
+        r = np.abs(fitted_iv(c) - iv) / half
+        rho = np.where(rho < 0.5, rho, BAND_FLOOR + (1.0 - BAND_FLOOR) * np.minimum(1.0, r * r))
+        c = system.solve(rho)
+    return c, rho, outlier
+
+
+def _remove_arbitrage(system: TensorSystem, grid: TensorGrid, c, rho):
+    """Static arbitrage removed by a sequential QP (OSQP, Stellato et al. 2020) over the check points that are,
+    or come close to being, in violation: calendar order, positive variance and outward end slopes are linear
+    conditions on the coefficients; the butterfly condition is linearised at the current solution,
+    ``g + J dc >= G_MARGIN``. Points that break a condition after a round join the active set; at most
+    ``ARB_ROUNDS`` rounds, no new round after ``QP_SECONDS``. Returns ``(c, rounds, violations left)``."""
     forms = condition_forms(grid)
     Gw, Gwy, Gwyy, GwT, yc, Tc = forms.Gw, forms.Gwy, forms.Gwyy, forms.GwT, forms.yc, forms.Tc
     # end slopes point away from zero variance: v_z <= 0 at the left end, >= 0 at the right end
     iu_end = np.linspace(grid.u_lo, grid.u_hi, grid.nu * 2 + 1)
     _, Ez_lo, _, _, _ = grid.rows(np.full(iu_end.shape, grid.z_lo), iu_end)
     _, Ez_hi, _, _, _ = grid.rows(np.full(iu_end.shape, grid.z_hi), iu_end)
-    rho = np.ones(len(y))
     rounds: list = []
-    solve = system.solve
-
-    c = solve(rho)
-
-    def fitted_iv(c):
-        return np.sqrt(np.maximum(A @ c, 1e-12))
-
-    # robust: Huber weights on residuals in half-band units (at least 10 bp)
-    for _ in range(2):
-        r = (fitted_iv(c) - iv) / np.maximum(half, 1e-3)
-        rho = np.minimum(1.0, HUBER_C / np.maximum(np.abs(r), 1e-300))
-        c = solve(rho)
-    # only gross outliers stay down-weighted; a quote the surface merely misses counts fully
-    outlier = rho < 0.5
-    rho = np.where(outlier, rho, 1.0)
-    c = solve(rho)
-    # inside its band a quote asks for little: weights fall to BAND_FLOOR well inside the bid/ask (an
-    # epsilon-insensitive loss by reweighting), so that noise within the spread is not followed
-    for _ in range(INSENSITIVE_ROUNDS):
-        r = np.abs(fitted_iv(c) - iv) / half
-        rho = np.where(rho < 0.5, rho, BAND_FLOOR + (1.0 - BAND_FLOOR) * np.minimum(1.0, r * r))
-        c = solve(rho)
-
-    # arbitrage: a sequential QP (OSQP, Stellato et al. 2020) over the check points that are, or come close
-    # to being, in violation: calendar order, positive variance and outward end slopes are linear conditions
-    # on the coefficients; the butterfly condition is linearised at the current solution, g + J dc >= G_MARGIN.
-    # Points that break a condition after a round join the active set; at most ARB_ROUNDS rounds.
     cd = _conditions(c, Gw, Gwy, Gwyy, GwT, yc)
     s_lo, s_hi = Ez_lo @ c, Ez_hi @ c
     viol = _violations(cd, s_lo, s_hi)
@@ -459,8 +443,8 @@ def _fit_tensor(T_nodes, y, iv, wt, idx, *, smoothing, band, y_lo, y_hi) -> Tens
     M, rhs = system.normal(rho)
     # the objective scaled to a unit mean diagonal (the constraint rows have unit length): ADMM converges
     # in far fewer iterations on a well-scaled problem
-    Pq = sp.triu(M).tocsc() / diag
-    qv = -rhs / diag
+    Pq = sp.triu(M).tocsc() / system.diag
+    qv = -rhs / system.diag
     t_qp = time.perf_counter()
     for _ in range(ARB_ROUNDS):
         if not any(viol[k] for k in ("butterfly", "calendar", "positivity", "slopes")):
@@ -509,6 +493,31 @@ def _fit_tensor(T_nodes, y, iv, wt, idx, *, smoothing, band, y_lo, y_hi) -> Tens
         viol = _violations(cd, s_lo, s_hi)
         rounds.append({"kind": "arbitrage", "status": str(res.info.status), "rows": int(len(lo_con)),
                        "iter": int(res.info.iter), "seconds": float(res.info.run_time), **viol})
+    return c, rounds, viol
+
+
+def _fit_tensor(T_nodes, y, iv, wt, idx, *, smoothing, band, y_lo, y_hi) -> TensorFit:
+    Tn = np.asarray(T_nodes, float)
+    y, iv, wt = (np.asarray(a, float) for a in (y, iv, wt))
+    idx = np.asarray(idx, int)
+    T = Tn[idx]
+    if len(y) < 5:
+        raise FitError(f"only {len(y)} quotes: the tensor spline needs more")
+    if y_lo is None:
+        y_lo = np.array([y[idx == i].min() for i in range(len(Tn))])
+        y_hi = np.array([y[idx == i].max() for i in range(len(Tn))])
+    zeta = np.arcsinh(y / (ZETA_SCALE * np.sqrt(T)))
+    u = np.log(T)
+    z_lo, z_hi = float(zeta.min()) - ZETA_MARGIN, float(zeta.max()) + ZETA_MARGIN
+    u_lo, u_hi = float(u.min()) - U_MARGIN, float(u.max()) + U_MARGIN
+    nz = max(4, int(np.ceil((z_hi - z_lo) / DZETA)))
+    nu = max(1, int(np.ceil((u_hi - u_lo) / DU)))
+    grid = TensorGrid(z_lo=z_lo, hz=(z_hi - z_lo) / nz, nz=nz, u_lo=u_lo, hu=(u_hi - u_lo) / nu, nu=nu)
+    nzc, nuc = grid.shape
+
+    system = tensor_system(grid, y, T, iv, wt, band=band, smoothing=smoothing)
+    c, rho, outlier = _robust_solve(system, iv)
+    c, rounds, viol = _remove_arbitrage(system, grid, c, rho)
     C = c.reshape(nuc, nzc).T.copy()
     surf = TensorSplineSurface(grid=grid, C=C, T_nodes=tuple(float(t) for t in Tn),
                                y_lo=tuple(float(v) for v in y_lo), y_hi=tuple(float(v) for v in y_hi))
