@@ -40,13 +40,12 @@ with messages.page_guard():
         st.form_submit_button("Compute risk")
 
     cpi = 1 if cp == "call" else -1
-    spec = rk.product_spec(kind, cpi, round(spot * strike_pct / 100, 4), float(T),
-                           barrier=round(spot * barrier_pct / 100, 4) if kind == "Barrier" else None,
-                           barrier_kind=bkind)
-    product = rk.make_product(spec)
+    product = rk.make_product(kind, cpi, round(spot * strike_pct / 100, 4), float(T),
+                              barrier=round(spot * barrier_pct / 100, 4) if kind == "Barrier" else None,
+                              barrier_kind=bkind)
     st.markdown(f"**{product.label}** (spot {spot:,.2f})")
 
-    g = sel.run(rk.greeks, spec)
+    g = sel.run(rk.greeks, product)
     lv_row, bs_row = g.row("local vol"), g.row("Black-Scholes")
     c = st.columns(5)
     c[0].metric("Price, local vol", f"{lv_row['price']:,.3f}",
@@ -67,12 +66,12 @@ with messages.page_guard():
                        file_name=data.download_name("greeks", kind, cp, ext="csv"))
 
     st.markdown("#### Vega: parallel and by bucket")
-    v = sel.run(rk.vega, spec, int(n_expiry), bool(full_check))
+    v = sel.run(rk.vega, product, int(n_expiry), bool(full_check))
     left, right = st.columns([3, 1])
     with right:
         st.dataframe(rk.vega_table(v), hide_index=True, width="stretch",
                      column_config={"value": st.column_config.NumberColumn(format="%.4g")})
-        sh = sel.run(rk.shape, spec)
+        sh = sel.run(rk.shape, product)
         st.markdown("Skew and term (per 0.01)")
         st.dataframe(rk.shape_frame(sh), hide_index=True, width="stretch",
                      column_config={"value": st.column_config.NumberColumn(format="%.4g")})
@@ -88,7 +87,7 @@ with messages.page_guard():
         st.download_button("Vega buckets (CSV)", data=data.safe_csv(v.frame()), mime="text/csv",
                            key="risk.vega_csv", file_name=data.download_name("vega_buckets", kind, cp, ext="csv"))
 
-    conv = sel.run(rk.convergence, spec)
+    conv = sel.run(rk.convergence, product)
     if conv is not None:
         st.markdown("#### PDE convergence: price and delta at two grid sizes")
         st.dataframe(conv, hide_index=True, width="stretch",

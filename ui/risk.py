@@ -1,7 +1,7 @@
 """The Risk page's cached stages and pure helpers: Greeks, vegas and the PDE's convergence of one product.
 
-Stages follow ``ui.data``: keyed on the source's identity (``source_key``), the ``Settings`` and a hashable product
-spec (a tuple, ``product_spec``); the chain passes unhashed (``_chain``). The fit and forwards come from
+Stages follow ``ui.data``: keyed on the source's identity (``source_key``), the ``Settings`` and the product's frozen
+terms (``make_product``); the chain passes unhashed (``_chain``). The fit and forwards come from
 ``ui.data``'s own cached stages, so the Risk page never refits what another page already fitted. Figure and table
 builders are pure functions (data in, ``go.Figure`` / DataFrame out), testable without a browser.
 """
@@ -26,24 +26,19 @@ PRODUCTS = ("Vanilla", "American vanilla", "Barrier", "Asian")
 PAGE_MC = {"n_paths": 16_000, "n_steps": 60, "seed": 1, "batches": 8}
 
 
-def product_spec(kind: str, cp: int, strike: float, T: float, *, barrier: float | None = None,
-                 barrier_kind: str = "up-and-out", rebate: float = 0.0, n_fixings: int = 12) -> tuple:
-    """A hashable product spec for the cache: ``(kind, cp, strike, T, barrier, barrier_kind, rebate, n_fixings)``."""
-    return (kind, int(cp), float(strike), float(T), None if barrier is None else float(barrier), barrier_kind,
-            float(rebate), int(n_fixings))
-
-
-def make_product(spec: tuple):
-    """The ``core.pricing.products`` spec of a ``product_spec`` tuple (``InputError`` on bad terms)."""
-    kind, cp, K, T, H, bkind, rebate, nfix = spec
+def make_product(kind: str, cp: int, strike: float, T: float, *, barrier: float | None = None,
+                 barrier_kind: str = "up-and-out", rebate: float = 0.0, n_fixings: int = 12):
+    """The page's choice as ``core.pricing.products`` terms (frozen and hashable: they key the stages' caches);
+    ``kind`` one of ``PRODUCTS``. ``InputError`` on bad terms."""
     if kind in ("Vanilla", "American vanilla"):
-        return Vanilla(strike=K, T=T, cp=cp, american=kind == "American vanilla")
+        return Vanilla(strike=float(strike), T=float(T), cp=int(cp), american=kind == "American vanilla")
     if kind == "Barrier":
-        if H is None:
+        if barrier is None:
             raise InputError("a barrier option needs a barrier level")
-        return Barrier(strike=K, T=T, barrier=H, kind=bkind, cp=cp, rebate=rebate)
+        return Barrier(strike=float(strike), T=float(T), barrier=float(barrier), kind=barrier_kind, cp=int(cp),
+                       rebate=float(rebate))
     if kind == "Asian":
-        return Asian(strike=K, T=T, n_fixings=nfix, cp=cp)
+        return Asian(strike=float(strike), T=float(T), n_fixings=int(n_fixings), cp=int(cp))
     raise InputError(f"product must be one of {PRODUCTS}, got {kind!r}")
 
 
@@ -54,32 +49,31 @@ def _calibration(source_key, _chain, settings):
 
 
 @st.cache_data(ttl=_TTL, max_entries=_ENTRIES, show_spinner="Spot Greeks under local vol and Black-Scholes...")
-def greeks(source_key: str, _chain, settings: pipeline.Settings, spec: tuple) -> risk.SpotGreeks:
+def greeks(source_key: str, _chain, settings: pipeline.Settings, product) -> risk.SpotGreeks:
     """``core.pricing.risk.spot_greeks`` of the product."""
     prep, fr = _calibration(source_key, _chain, settings)
-    return risk.spot_greeks(fr.surface, prep.forwards, make_product(spec), clip=settings.clip, mc=PAGE_MC)
+    return risk.spot_greeks(fr.surface, prep.forwards, product, clip=settings.clip, mc=PAGE_MC)
 
 
 @st.cache_data(ttl=_TTL, max_entries=_ENTRIES, show_spinner="Bucketed vega: bump, refit, local vol, reprice...")
-def vega(source_key: str, _chain, settings: pipeline.Settings, spec: tuple, n_expiry: int = risk.N_EXPIRY,
+def vega(source_key: str, _chain, settings: pipeline.Settings, product, n_expiry: int = risk.N_EXPIRY,
          full_check: bool = False) -> risk.VegaResult:
     """``core.pricing.risk.vega_buckets`` of the product (Asians: parallel vega only)."""
     prep, fr = _calibration(source_key, _chain, settings)
-    return risk.vega_buckets(fr, prep.forwards, make_product(spec), clip=settings.clip, mc=PAGE_MC,
+    return risk.vega_buckets(fr, prep.forwards, product, clip=settings.clip, mc=PAGE_MC,
                              n_expiry=n_expiry, full_check=full_check)
 
 
 @st.cache_data(ttl=_TTL, max_entries=_ENTRIES, show_spinner="Skew and term sensitivities...")
-def shape(source_key: str, _chain, settings: pipeline.Settings, spec: tuple) -> dict:
+def shape(source_key: str, _chain, settings: pipeline.Settings, product) -> dict:
     """``core.pricing.risk.skew_term`` of the product."""
     prep, fr = _calibration(source_key, _chain, settings)
-    return risk.skew_term(fr.surface, prep.forwards, make_product(spec), clip=settings.clip, mc=PAGE_MC)
+    return risk.skew_term(fr.surface, prep.forwards, product, clip=settings.clip, mc=PAGE_MC)
 
 
 @st.cache_data(ttl=_TTL, max_entries=_ENTRIES, show_spinner="The PDE at two grid sizes...")
-def convergence(source_key: str, _chain, settings: pipeline.Settings, spec: tuple) -> pd.DataFrame | None:
+def convergence(source_key: str, _chain, settings: pipeline.Settings, product) -> pd.DataFrame | None:
     """``core.pricing.backward.pde_convergence`` under the exact local vol (None for an Asian)."""
-    product = make_product(spec)
     if isinstance(product, Asian):
         return None
     prep, fr = _calibration(source_key, _chain, settings)

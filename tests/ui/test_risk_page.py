@@ -17,16 +17,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_product_specs():
-    assert rk.make_product(rk.product_spec("Vanilla", -1, 100.0, 0.5)) == Vanilla(100.0, 0.5, -1)
-    assert rk.make_product(rk.product_spec("American vanilla", 1, 100.0, 0.5)).american
-    b = rk.make_product(rk.product_spec("Barrier", 1, 100.0, 0.5, barrier=120.0, barrier_kind="up-and-in"))
+    assert rk.make_product("Vanilla", -1, 100.0, 0.5) == Vanilla(100.0, 0.5, -1)
+    assert rk.make_product("American vanilla", 1, 100.0, 0.5).american
+    b = rk.make_product("Barrier", 1, 100.0, 0.5, barrier=120.0, barrier_kind="up-and-in")
     assert b == Barrier(100.0, 0.5, 120.0, "up-and-in")
-    assert rk.make_product(rk.product_spec("Asian", 1, 100.0, 0.5, n_fixings=6)) == Asian(100.0, 0.5, 6)
+    assert rk.make_product("Asian", 1, 100.0, 0.5, n_fixings=6) == Asian(100.0, 0.5, 6)
     with pytest.raises(InputError):
-        rk.make_product(rk.product_spec("Barrier", 1, 100.0, 0.5))
+        rk.make_product("Barrier", 1, 100.0, 0.5)
     with pytest.raises(InputError):
-        rk.make_product(rk.product_spec("Swap", 1, 100.0, 0.5))
-    hash(rk.product_spec("Barrier", 1, 100.0, 0.5, barrier=120.0))      # it keys a cache
+        rk.make_product("Swap", 1, 100.0, 0.5)
+    hash(rk.make_product("Barrier", 1, 100.0, 0.5, barrier=120.0))      # it keys a cache
 
 
 def test_heatmap_and_tables():
