@@ -45,7 +45,7 @@ def _measure(chain, method: str, with_rt: bool):
     rough = float(np.mean(np.abs(L - nb)[m] / nb[m] > 0.2)) if m.any() else float("nan")
     return {"prepare": t1 - t0, "fit": t2 - t1, "local_vol": t3 - t2, "repricing": t4 - t3,
             "inside": float(fr.residuals["inside"].mean()), "rt": rp.inside_bid_ask if rp is not None else None,
-            "n": len(fr.residuals), "expiries": len(fr.inside_share), "rough": rough}
+            "n": len(fr.residuals), "expiries": len(fr.inside_share), "rough": rough, "prepared": prep, "fitted": fr}
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -91,26 +91,23 @@ def _american_rows() -> list[dict]:
         if not (DATA / name).is_file():
             continue
         chain = load_file(DATA / name)
-        s = Settings()
+        r = _measure(chain, "spline", with_rt=False)
+        prep, fr = r["prepared"], r["fitted"]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             t0 = time.perf_counter()
-            prep = prepare(chain, s)
-            t1 = time.perf_counter()
-            fr = fit(prep, s)
-            local_vol(prep, fr, s)
-            t2 = time.perf_counter()
-            arp = reprice_american(prep, fr, s)
-            t3 = time.perf_counter()
+            arp = reprice_american(prep, fr, Settings())
+            t_rt = time.perf_counter() - t0
         deam = prep.american
-        notes = (f"{len(fr.residuals):,} used quotes, {len(fr.inside_share)} expiries; prepare (with the "
-                 f"de-Americanisation) {t1 - t0:.2f} + fit and local vol {t2 - t1:.2f} s; fit inside the "
-                 f"European-equivalent bid/ask {100 * fr.residuals['inside'].mean():.1f}%")
+        notes = (f"{r['n']:,} used quotes, {r['expiries']} expiries; prepare (with the de-Americanisation) "
+                 f"{r['prepare']:.2f} + fit {r['fit']:.2f} + local vol {r['local_vol']:.3f} s; fit inside the "
+                 f"European-equivalent bid/ask {100 * r['inside']:.1f}%")
         if deam is not None:
             notes += f"; median implied carry {100 * float(deam.carry.table['q'].median()):.2f}%"
-        rows.append(row(f"calibrate {label} (American), method=spline", "seconds", t2 - t0, notes=notes))
+        rows.append(row(f"calibrate {label} (American), method=spline", "seconds",
+                        r["prepare"] + r["fit"] + r["local_vol"], notes=notes))
         if arp is not None:
-            rows.append(row(f"American round trip {label}", "seconds", t3 - t2,
+            rows.append(row(f"American round trip {label}", "seconds", t_rt,
                             notes=f"backward PDE with early exercise over {len(arp.table):,} American quotes; inside "
                                   f"their American bid/ask {100 * arp.inside_bid_ask:.1f}%"))
     return rows
