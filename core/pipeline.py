@@ -315,14 +315,17 @@ def reprice(prepared: Prepared, fit_result, settings: Settings | LocalVolSpec = 
     return pde_reprice(used(prepared.quotes), lv, prepared.forwards, **grid)
 
 
-def reprice_american(prepared: Prepared, fit_result, settings: Settings | LocalVolSpec = Settings(), **grid):
+def reprice_american(prepared: Prepared, fit_result, settings: Settings | LocalVolSpec = Settings(), repricing=None,
+                     **grid):
     """American round trip (``core.pricing.american_roundtrip``): every used American quote priced under the
     clipped local vol by the backward PDE with early exercise, against its own American bid/ask; None for a
-    chain that was not de-Americanised."""
+    chain that was not de-Americanised. ``repricing``: the forward round trip of the same quotes (``reprice``),
+    whose European prices are then reused."""
     if prepared.american is None:
         return None
     lv = local_vol_function(prepared, fit_result, settings)
-    return american_reprice(used(prepared.quotes), lv, prepared.forwards, **grid)
+    european = None if repricing is None else repricing.table["price_model"].to_numpy(float)
+    return american_reprice(used(prepared.quotes), lv, prepared.forwards, european=european, **grid)
 
 
 def repricing_frame(repricing, american=None) -> pd.DataFrame:
@@ -373,7 +376,7 @@ def calibrate(chain: QuoteChain, settings: Settings = Settings(), *, with_repric
         t["repricing"] = time.perf_counter() - t0
         if prep.american is not None:
             t0 = time.perf_counter()
-            arp = reprice_american(prep, fr, settings)
+            arp = reprice_american(prep, fr, settings, repricing=rp)
             t["american_repricing"] = time.perf_counter() - t0
     t["total"] = sum(t.values())
     return Calibration(settings=settings, prepared=prep, fit=fr, local_vol=lv, arbitrage=arb, repricing=rp, seconds=t,

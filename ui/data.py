@@ -248,7 +248,9 @@ def repriced(source_key: str, _chain: QuoteChain, settings: pipeline.Settings):
 @st.cache_data(ttl=_TTL, max_entries=_ENTRIES,
                show_spinner="Repricing the American quotes (backward PDE, early exercise)...")
 def _repriced_american(source_key: str, _chain: QuoteChain, prep, fit, lvs: LocalVolSpec):
-    return pipeline.reprice_american(*_stage_inputs(source_key, _chain, prep, fit), lvs)
+    # the forward round trip of the same quotes (cached: the Validation page shows it too) gives the European part
+    return pipeline.reprice_american(*_stage_inputs(source_key, _chain, prep, fit), lvs,
+                                     repricing=_repriced(source_key, _chain, prep, fit, lvs))
 
 
 def repriced_american(source_key: str, _chain: QuoteChain, settings: pipeline.Settings):

@@ -79,14 +79,16 @@ def local_vol_premium(quotes: pd.DataFrame, lv, forwards, *, n_x: int = 401, n_t
 
 
 def american_reprice(quotes: pd.DataFrame, lv, forwards, *, n_x: int = 401, n_t: int = 200,
-                     control_variate: bool = True) -> AmericanRepricingResult:
+                     control_variate: bool = True, european=None) -> AmericanRepricingResult:
     """Reprice American quotes under local vol by the backward PDE with early exercise, one solve per expiry.
 
     Parameters: ``quotes`` with ``T`` (years), ``strike``, ``cp`` (+1/-1), ``bid_american``,
     ``ask_american`` (the American quotes, ``core.american.deamericanise``), optional ``expiry``, ``use``
     (rows without ``use`` are priced but not counted); ``lv(K, T)`` the local vol; ``forwards`` a
     ``core.forwards.Forwards`` with a spot; ``n_x``, ``n_t`` the backward PDE grid; ``control_variate``:
-    the European part from the forward sweep (module docstring), else the plain backward American price.
+    the European part from the forward sweep (module docstring), else the plain backward American price;
+    ``european``: the forward sweep's European prices of these rows when already computed (the forward round
+    trip's ``price_model``: the same sweep is then not run twice).
     """
     t0 = time.perf_counter()
     need = [c for c in ("T", "strike", "cp", "bid_american", "ask_american") if c not in quotes.columns]
@@ -105,7 +107,9 @@ def american_reprice(quotes: pd.DataFrame, lv, forwards, *, n_x: int = 401, n_t:
     premium = np.full(len(q), np.nan)
     if control_variate:
         premium = local_vol_premium(q, lv, forwards, n_x=n_x, n_t=n_t)
-        if valid.any():
+        if european is not None:
+            price[valid] = np.asarray(european, float)[valid] + premium[valid]
+        elif valid.any():
             sweep = forward_dupire(lv, forwards, T[valid], K[valid])
             price[valid] = sweep.price(K[valid], T[valid], cp[valid]) + premium[valid]
     else:
