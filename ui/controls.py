@@ -36,6 +36,18 @@ METHOD_LABELS = {
     "price-fd": "Naive: finite differences of prices",
     "price-spline": "Naive: spline of prices",
 }
+#: when to use which method, measured on the real index chains of shared/data/cboe_modern (used quotes fitted
+#: inside their bid/ask, SPX 2022-2024 and NDX 2023; `python -m bench real`, README's method table)
+METHOD_GUIDE = {
+    "spline": "96-99.8% inside, round trip the same, about 0.5 s, local vol without stripes: real chains",
+    "smooth": "99-100% inside, each smile followed exactly; 5-21 s and local vol stripes (1.5-12% of cells)",
+    "svi": "98-100% inside, an SVI slice (plus a correction) per expiry to read and export; 1-9 s, stripes (3-8%)",
+    "essvi": "28-64% inside: 3 numbers per expiry cannot follow SPX spreads; a parsimonious arbitrage-free "
+             "surface, under 1 s",
+    "ssvi": "14-42% inside: one skew for the whole surface; the demo, teaching, stress tests",
+    "price-fd": "the seeds' way (finite differences of prices), kept to show why we do not use it",
+    "price-spline": "the seeds' way (a spline of prices), kept to show why we do not use it",
+}
 #: the navigation: the landing page is named after the product (Streamlit would call it "app")
 PAGES = (("app.py", "Dupire Desk"), ("pages/1_Surfaces.py", "Surfaces"), ("pages/2_Smiles.py", "Smiles"),
          ("pages/3_Arbitrage.py", "Arbitrage"), ("pages/4_Validation.py", "Validation & pricing"),
@@ -375,7 +387,8 @@ def _settings(sb, chain: QuoteChain, key: str, kind: str, ident: tuple) -> pipel
     method = state.remember("method", sb.selectbox(
         "Method", methods, format_func=method_label, **state.keep("method", tuple(methods)),
         help="How the implied-vol surface is fitted to the quotes; local vol follows from it by Dupire's formula. "
-             "The naive methods differentiate prices numerically (what the seed scripts do), for comparison."))
+             "Measured on real SPX and NDX chains:\n\n" + "\n".join(
+                 f"- **{method_label(m)}**: {METHOD_GUIDE[m]}" for m in methods if m in METHOD_GUIDE)))
     smoothing = state.remember("smoothing", sb.slider(
         "Smoothing", 0.0, 1.0, step=0.05, **state.keep("smoothing"),
         help="0 follows the quotes as closely as no-arbitrage allows; 1 is strongly regularised."))

@@ -277,7 +277,10 @@ def test_fit_surface_essvi_on_the_demo():
 
 
 # ------------------------------------------------------------------------------------------- real chains
-REAL = [("spx_20240105_close.csv", "2024-01-05 16:00", 0.15), ("ndx_20230526_close.csv", "2023-05-26 16:00", 0.45)]
+# floors a little under what was measured (inside share 36% / 64% / 39% / 28% / 29%)
+REAL = [("spx_20240105_close.csv", "2024-01-05 16:00", 0.33), ("ndx_20230526_close.csv", "2023-05-26 16:00", 0.6),
+        ("spx_20220610_close.csv", "2022-06-10 16:00", 0.35), ("spx_20220712_intraday.csv", None, 0.25),
+        ("spx_20231208_ru_header.csv", "2023-12-08 16:00", 0.25)]
 
 
 @pytest.mark.shared_data
@@ -302,19 +305,20 @@ def test_real_chains_fit_fast_and_free_of_arbitrage(shared_data, name, asof, flo
           f"(per expiry {per.min():.0%}-{per.max():.0%}), fit {f.seconds:.2f} s (wall {wall:.2f} s), "
           f"arbitrage {f.arbitrage['butterfly']}/{f.arbitrage['calendar']}")
     assert f.arbitrage["butterfly"] == 0 and f.arbitrage["calendar"] == 0
-    # the eSSVI slice has 3 parameters: on SPX it cannot follow 1-5 bp spreads (measured 20% on SPX 2024, 55% on
-    # NDX 2023, at the ceiling of a free SSVI slice per expiry); the floor guards against regressions only
+    # the eSSVI slice has 3 parameters: on SPX it cannot follow 1-5 bp spreads (one free SSVI slice per expiry,
+    # fitted alone to the band, sits inside 53% of SPX 2024-01-05); the floor guards against regressions only
     assert inside >= floor
     assert f.seconds < 3.0                                     # measured 0.2-0.6 s on the 2-core machine
     d = f.surface.derivatives(f.residuals["y"].to_numpy(), f.residuals["T"].to_numpy())
     assert np.all(np.isfinite(d.w_T)) and np.all(d.w_T >= 0)
     # no stripes: on the default 50 x 100 local-vol grid, inside the quoted range and for T >= 1 week, cells more
-    # than 20% off the mean of their four neighbours (measured 0.7% on SPX, 0.6% on NDX; 16% / 2% without the
-    # forward-variance penalty)
+    # than 20% off the mean of their four neighbours (measured 0-0.7%; 2-18% without the forward-variance
+    # penalty), and no clipped cell in the quoted range
     lv = local_vol(p, f, s)
     L = lv.local_vol
     nb = (L[:-2, 1:-1] + L[2:, 1:-1] + L[1:-1, :-2] + L[1:-1, 2:]) / 4
     inner = ~lv.extrapolated[1:-1, 1:-1] & (lv.T[1:-1, None] >= 7 / 365)
     spikes = float(np.mean(np.abs(L[1:-1, 1:-1] / nb - 1)[inner] > 0.2))
     print(f"  local vol: {spikes:.2%} of the inner cells off their neighbours by over 20%")
-    assert spikes < 0.02
+    assert spikes < 0.01
+    assert not ((lv.clipped_low | lv.clipped_high) & ~lv.extrapolated).any()

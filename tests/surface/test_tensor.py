@@ -185,9 +185,53 @@ def test_default_fit_on_real_index_chains(shared_data, name):
     assert q["use"].sum() >= 0.9 * clean_otm.sum()
     inside = ~lv.extrapolated
     assert not (lv.butterfly & inside).any() and not (lv.calendar & inside).any()
+    assert not ((lv.clipped_low | lv.clipped_high) & inside).any()
+    # the ATM local vol of every fitted expiry: finite, off the clip band, within a factor of two of the ATM
+    # implied vol (measured 0.52-1.87 times it); Gatheral's formula written out here, not imported
+    T = np.array(sorted(set(r["T"])))
+    d = fr.surface.derivatives(np.zeros_like(T), T)
+    g_atm = 1.0 - d.w_y**2 / 4 * (1 / d.w + 0.25) + d.w_yy / 2   # g at y = 0
+    lv_atm = np.sqrt(d.w_T / g_atm)
+    iv_atm = np.sqrt(d.w / T)
+    assert np.all(np.isfinite(lv_atm))
+    assert np.all((lv_atm > s.clip[0]) & (lv_atm < s.clip[1]))
+    assert np.all((lv_atm / iv_atm > 0.5) & (lv_atm / iv_atm < 2.0)), (lv_atm / iv_atm).round(2)
     for key, share in fr.inside_share.items():
         if share < 0.8 and fr.params[key]["n_quotes"] >= 20:
             assert any(w.startswith(f"{key}: ") and "inside bid/ask" in w for w in fr.warnings), key
+
+
+def _stripes(lv) -> float:
+    """Share of the grid's cells (quoted range, T of a week or more) more than 20% off the mean of their four
+    neighbours: walls, spikes and stripes (the issue's measure)."""
+    L = lv.local_vol
+    nb = (L[:-2, 1:-1] + L[2:, 1:-1] + L[1:-1, :-2] + L[1:-1, 2:]) / 4
+    inner = ~lv.extrapolated[1:-1, 1:-1] & (lv.T[1:-1, None] >= 7 / 365)
+    return float(np.mean(np.abs(L[1:-1, 1:-1] / nb - 1)[inner] > 0.2))
+
+
+NDX_STRIPES = ("NDX 2023-05-26: 1.6% of the cells; the grid's row two weeks out (a Sunday) sits between the first "
+               "expiry (one session after Memorial Day, wing local vols of 150-500%) and the CPI and FOMC expiries: "
+               "calendar-time local vol does move that much there (README, known limitations)")
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=NDX_STRIPES))
+                                  if n.startswith("ndx") else n for n in REAL])
+def test_default_local_vol_has_no_stripes(shared_data, name):
+    """On the default 50 x 100 grid, inside the quoted range and for T of a week or more, fewer than 1% of the
+    cells differ by more than 20% from the mean of their four neighbours (measured: SPX 0.3-0.9%)."""
+    from core import pipeline as P
+    from core.sources.detect import load_file
+
+    chain = load_file(shared_data / "cboe_modern" / name)
+    s = P.Settings()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prep = P.prepare(chain, s)
+        lv = P.local_vol(prep, P.fit(prep, s), s)
+    assert _stripes(lv) < 0.01
 
 
 @pytest.mark.shared_data

@@ -367,7 +367,11 @@ def test_defaults_are_cores():
     assert DEFAULTS["max_spread"] == s.cleaning_config().max_spread_frac
     at = run()
     ok(at)
-    assert at.sidebar.selectbox(key="method").options == [method_label(m) for m in pipeline.METHODS]
+    box = at.sidebar.selectbox(key="method")
+    assert box.options == [method_label(m) for m in pipeline.METHODS]
+    # the method help says, with numbers, when to use which: every method has its line
+    assert all(f"**{method_label(m)}**: " in box.help for m in pipeline.METHODS)
+    assert "%" in box.help
 
 
 @pytest.mark.slow
