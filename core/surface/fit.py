@@ -147,19 +147,30 @@ def quote_weights(df: pd.DataFrame, kind: str) -> np.ndarray:
     return wt / np.mean(wt)
 
 
-def _why_outside(key: str, resid_bp, half_bp, share: float) -> str:
-    """A sentence naming an expiry whose fit misses its bid/ask often, and why: a level off by more than the
-    half spread on average (the surface's term structure is smoother than this expiry's level: an event or a
-    weekend between neighbouring expiries), or a smile shape finer than the model."""
-    bias = float(np.mean(resid_bp))
-    hb = float(np.median(half_bp[np.isfinite(half_bp)])) if np.any(np.isfinite(half_bp)) else float("nan")
+def _why_outside(key: str, resid_bp, half_bp, share: float, z, inside) -> str:
+    """A sentence naming an expiry whose fit misses its bid/ask often, why, and where the missed quotes are
+    (``z = y / (iv sqrt T)``: standard deviations from the forward; put wing ``z < -1``, near the money, call wing
+    ``z > 1``; ``inside`` the quotes' mask). The level is off when the missed quotes near the money are most of
+    the misses and sit on one side (80%): the surface's term structure is smoother than this expiry's level (an
+    event or a weekend between neighbouring expiries); otherwise the smile's shape is finer than the model."""
+    resid_bp, half_bp = np.asarray(resid_bp, float), np.asarray(half_bp, float)
+    out = ~np.asarray(inside, bool)
+    zo, ro = np.asarray(z, float)[out], resid_bp[out]
+    ok = np.isfinite(half_bp) & (half_bp > 0)
+    hb = float(np.median(half_bp[ok])) if ok.any() else float("nan")
+    near = np.abs(zo) <= 1
     head = f"{key}: {share:.0%} of {len(resid_bp)} quotes inside bid/ask"
-    if np.isfinite(hb) and abs(bias) > 0.5 * hb:
-        return (f"{head}: the fit is {abs(bias):.0f} bp {'above' if bias > 0 else 'below'} the quotes on average "
-                f"(median half spread {hb:.0f} bp): this expiry's level is off the smooth term structure of its "
-                "neighbours (an event or a weekend between expiries)")
-    return (f"{head}: the level is right on average ({bias:+.0f} bp) but the smile's shape is finer than the model "
-            f"follows (median half spread {hb:.0f} bp)")
+    where = (f"; of the {zo.size} outside, {int(np.sum(zo < -1))} in the put wing (over one standard deviation "
+             f"below the forward), {int(near.sum())} near the money, {int(np.sum(zo > 1))} in the call wing")
+    if near.sum() >= 0.5 * max(zo.size, 1) and near.any():
+        up = float(np.mean(ro[near] > 0))
+        if max(up, 1 - up) >= 0.8:
+            med = float(np.median(ro[near]))
+            return (f"{head}: near the money the fit is {abs(med):.0f} bp {'above' if med > 0 else 'below'} the "
+                    f"quotes it misses (median half spread {hb:.0f} bp): this expiry's level is off the smooth term "
+                    f"structure of its neighbours (an event or a weekend between expiries){where}")
+    return (f"{head}: the smile's shape is finer than the model follows (median residual "
+            f"{float(np.median(resid_bp)):+.0f} bp, median half spread {hb:.0f} bp){where}")
 
 
 def _select(quotes: pd.DataFrame, forwards) -> tuple[pd.DataFrame, int]:
@@ -277,7 +288,9 @@ def fit_surface(quotes: pd.DataFrame, forwards=None, *, method: str = FitSpec.me
             rmse[k] = float(np.sqrt(np.mean(res["resid_bp"].to_numpy()[m] ** 2)))
             share[k] = float(np.mean(inside[m]))
             if m.sum() >= LOW_INSIDE_MIN_QUOTES and share[k] < LOW_INSIDE_SHARE:
-                notes.append(_why_outside(k, res["resid_bp"].to_numpy()[m], 0.5e4 * (hi_b - lo_b)[m], share[k]))
+                z = y[m] / (iv[m] * np.sqrt(Tn[i]))
+                notes.append(_why_outside(k, res["resid_bp"].to_numpy()[m], 0.5e4 * (hi_b - lo_b)[m], share[k],
+                                          z=z, inside=inside[m]))
     arb = check_arbitrage(surface, [Tn[i] for i, k in enumerate(keys) if k in params])
     if arb["butterfly"]:
         notes.append(f"butterfly arbitrage: g < 0 at {arb['butterfly']} of {arb['points']} grid points "
