@@ -6,6 +6,7 @@ flat-in / flat-out, Hypothesis on shapes and extremes, and real chains from ``..
 """
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
@@ -155,6 +156,19 @@ def test_too_few_quotes_is_a_fit_error():
 
 
 # ------------------------------------------------------------------------------------------ real chains
+@functools.lru_cache(maxsize=8)
+def _default_calibration(path: str):
+    """``(prepared, fitted)`` of a real chain with the default settings, shared by the tests of one chain."""
+    from core import pipeline as P
+    from core.sources.detect import load_file
+
+    s = P.Settings()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prep = P.prepare(load_file(path), s)
+        return prep, P.fit(prep, s)
+
+
 REAL = ["spx_20240105_close.csv", "ndx_20230526_close.csv", "spx_20220610_close.csv",
         "spx_20220712_intraday.csv", "spx_20231208_ru_header.csv"]
 
@@ -168,15 +182,12 @@ def test_default_fit_on_real_index_chains(shared_data, name):
     Measured at the time of writing (fit / round trip inside): SPX 2024-01-05 96.0% / 95.7%, NDX 2023-05-26
     99.8% / 97.6%, SPX 2022-06-10 98.4% / 97.7%, SPX 2022-07-12 99.0% / 98.9%, SPX 2023-12-08 96.8% / 95.6%."""
     from core import pipeline as P
-    from core.sources.detect import load_file
 
-    chain = load_file(shared_data / "cboe_modern" / name)
     s = P.Settings()
     assert s.method == "spline"
+    prep, fr = _default_calibration(str(shared_data / "cboe_modern" / name))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        prep = P.prepare(chain, s)
-        fr = P.fit(prep, s)
         lv = P.local_vol(prep, fr, s)
     q = prep.quotes
     r = fr.residuals
@@ -223,15 +234,9 @@ def test_default_local_vol_has_no_stripes(shared_data, name):
     """On the default 50 x 100 grid, inside the quoted range and for T of a week or more, fewer than 1% of the
     cells differ by more than 20% from the mean of their four neighbours (measured: SPX 0.3-0.9%)."""
     from core import pipeline as P
-    from core.sources.detect import load_file
 
-    chain = load_file(shared_data / "cboe_modern" / name)
-    s = P.Settings()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        prep = P.prepare(chain, s)
-        lv = P.local_vol(prep, P.fit(prep, s), s)
-    assert _stripes(lv) < 0.01
+    prep, fr = _default_calibration(str(shared_data / "cboe_modern" / name))
+    assert _stripes(P.local_vol(prep, fr, P.Settings())) < 0.01
 
 
 @pytest.mark.shared_data
@@ -241,12 +246,9 @@ def test_default_round_trip_on_real_index_chains(shared_data, name):
     """The used quotes repriced by the forward Dupire PDE under the default method's local vol come back
     inside their bid/ask at least 95% of the time on every European index chain in cboe_modern."""
     from core import pipeline as P
-    from core.sources.detect import load_file
 
-    chain = load_file(shared_data / "cboe_modern" / name)
-    s = P.Settings()
+    prep, fr = _default_calibration(str(shared_data / "cboe_modern" / name))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        prep = P.prepare(chain, s)
-        rp = P.reprice(prep, P.fit(prep, s), s)
+        rp = P.reprice(prep, fr, P.Settings())
     assert rp.inside_bid_ask >= 0.95
