@@ -74,8 +74,8 @@ their neighbours' mean by over 20% on SPX 2024-01-05 / NDX 2023-05-26 / SPX 2022
 
 On real index chains eSSVI sits inside the bid/ask less often than the spline (``bench/bench_real.py``): 28-64%
 of the used quotes on the index chains of ``cboe_modern``. That is near the ceiling of the slice: one free
-SSVI slice per expiry, fitted alone to the same band objective from several starts, sits inside 53% of the
-SPX 2024-01-05 quotes (a free five-parameter raw-SVI slice: 68%); three parameters cannot follow a whole SPX
+SSVI slice per expiry, fitted alone to the same band objective, sits inside 54% of the SPX 2024-01-05 quotes
+(``bench/bench_real.py``, the ceiling rows; a free five-parameter raw-SVI slice: 68%); three parameters cannot follow a whole SPX
 smile within its 1-5 bp spreads, so the slice gives up the far wings (the Smiles page shows where). eSSVI's
 strengths are elsewhere: no static arbitrage anywhere, a smooth analytic surface, exact recovery of SSVI and
 eSSVI surfaces (the bare-grid path of ``core.surface.grid``).
